@@ -1,0 +1,387 @@
+"""The TrainingJob spec: what a user asks for.
+
+Every field has a description (it becomes `kubectl explain` text) and a default a
+first-time user can live with. Cross-field rules are declared once as
+`CrossFieldRule`s and enforced both here and, as CEL, by the API server.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+from pydantic import Field
+
+from .base import ApiModel, CrossFieldRule
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+# A storage location is a pvc:// or s3:// URL, or a plain path (no other scheme).
+STORAGE_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?|s3://[^/]+(/.*)?|[^:]+)$"
+BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
+SYNTHETIC_DATASETS = ("classification", "regression")
+DATA_SOURCE_PATTERN = (
+    r"^(builtin:(" + "|".join(BUILTIN_DATASETS) + r")"
+    r"|synthetic:(" + "|".join(SYNTHETIC_DATASETS) + r")"
+    r"|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+|s3://[^/]+/.+|[^:]+)$"
+)
+LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "rmse")
+
+
+class Mode(str, Enum):
+    min = "min"
+    max = "max"
+
+
+def default_mode_for(metric: str) -> Mode:
+    """`min` for losses and errors, `max` for everything else (accuracy, f1, r2...)."""
+    return Mode.min if any(word in metric for word in LOWER_IS_BETTER) else Mode.max
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class TolerationOperator(str, Enum):
+    exists = "Exists"
+    equal = "Equal"
+
+
+class TaintEffect(str, Enum):
+    no_schedule = "NoSchedule"
+    prefer_no_schedule = "PreferNoSchedule"
+    no_execute = "NoExecute"
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration, copied onto every pod of the job."""
+
+    key: Optional[str] = Field(None, description="Taint key the toleration applies to; empty with operator Exists matches all taints.")
+    operator: TolerationOperator = Field(TolerationOperator.equal, description="Exists or Equal.")
+    value: Optional[str] = Field(None, description="Taint value to match when operator is Equal.")
+    effect: Optional[TaintEffect] = Field(None, description="Taint effect to match; empty matches all effects.")
+    toleration_seconds: Optional[int] = Field(None, ge=0, description="For NoExecute: how long the pod stays bound after the taint appears.")
+
+
+class WorkersSpec(ApiModel):
+    """The Ray worker pods that run the data-parallel training workers (one per pod)."""
+
+    replicas: int = Field(2, ge=1, le=1024, description="Number of training workers (one Ray worker pod each). `kiln run --workers` overrides it locally.")
+    gpus_per_worker: int = Field(0, ge=0, le=16, description="GPUs per worker pod (`nvidia.com/gpu` limit). 0 trains on CPU with gloo; >0 uses CUDA and NCCL.")
+    cpus_per_worker: float = Field(1.0, gt=0, le=512, description="CPU cores requested per worker pod.")
+    memory_per_worker: str = Field("2Gi", pattern=QUANTITY_PATTERN, description="Memory requested (and limited) per worker pod, as a Kubernetes quantity such as `4Gi`.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels every pod of the job must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations added to every pod of the job (e.g. for tainted GPU nodes).")
+    priority_class_name: Optional[str] = Field(None, description="PriorityClass of every pod of the job.")
+
+
+class HeadSpec(ApiModel):
+    """The Ray head pod, which runs the training driver (no training workers)."""
+
+    cpus: float = Field(1.0, gt=0, le=512, description="CPU cores requested for the head pod.")
+    memory: str = Field("2Gi", pattern=QUANTITY_PATTERN, description="Memory requested (and limited) for the head pod.")
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Architecture(str, Enum):
+    mlp = "mlp"
+    cnn = "cnn"
+    resnet18 = "resnet18"
+    resnet34 = "resnet34"
+    resnet50 = "resnet50"
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    gelu = "gelu"
+    silu = "silu"
+    tanh = "tanh"
+    sigmoid = "sigmoid"
+
+
+class PretrainedSpec(ApiModel):
+    """Transfer learning: start from saved weights instead of a random initialisation."""
+
+    path: str = Field(..., min_length=1, pattern=STORAGE_PATTERN, description="State dict to load: a local/PVC path (`pvc://claim/path`) or `s3://bucket/key`. The classification head is replaced to fit the task.")
+    freeze_backbone: bool = Field(False, description="Train only the new head; every other parameter keeps its loaded value.")
+
+
+class ModelSpec(ApiModel):
+    """A built-in model. Exclusive with `entrypoint`."""
+
+    architecture: Architecture = Field(Architecture.mlp, description="mlp for tabular data; cnn or resnet18/34/50 (torchvision, no weight download) for images.")
+    hidden_units: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [128, 64], max_length=32, description="Width of each hidden layer (mlp) or channels of each conv block (cnn).")
+    activation: Activation = Field(Activation.relu, description="Non-linearity between layers.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability after each hidden layer (0 disables it).")
+    batch_norm: bool = Field(False, description="Batch normalisation after each hidden layer.")
+    pretrained: Optional[PretrainedSpec] = Field(None, description="Start from saved weights (transfer learning).")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataFormat(str, Enum):
+    auto = "auto"
+    csv = "csv"
+    parquet = "parquet"
+    imagefolder = "imagefolder"
+
+
+class Task(str, Enum):
+    auto = "auto"
+    classification = "classification"
+    regression = "regression"
+
+
+class SplitSpec(ApiModel):
+    """Seeded train/validation/test split; the fractions must sum to 1."""
+
+    train: float = Field(0.70, gt=0.0, le=1.0, description="Fraction of rows used for training.")
+    validation: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction used for validation (early stopping and checkpoint ranking).")
+    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction held out and evaluated once on the final model.")
+    seed: int = Field(0, ge=0, description="Seed of the shuffle before splitting, so every worker and every resume sees the same split.")
+
+    cross_field_rules = (
+        CrossFieldRule(
+            cel="self.train + self.validation + self.test > 0.999999 && self.train + self.validation + self.test < 1.000001",
+            message="train + validation + test must sum to 1",
+            check=lambda s: abs(s.train + s.validation + s.test - 1.0) < 1e-6,
+        ),
+    )
+
+
+class Normalize(str, Enum):
+    standard = "standard"
+    minmax = "minmax"
+    none = "none"
+
+
+class Impute(str, Enum):
+    mean = "mean"
+    median = "median"
+    drop = "drop"
+    none = "none"
+
+
+class PreprocessingSpec(ApiModel):
+    """Feature preprocessing, fitted on the training split only."""
+
+    normalize: Normalize = Field(Normalize.standard, description="Scale features: standard (zero mean, unit variance), minmax (0..1) or none.")
+    impute: Impute = Field(Impute.mean, description="Missing values: replace with the training mean or median, drop the row, or none (fail if any are missing).")
+
+
+class AugmentationSpec(ApiModel):
+    """Random augmentation of the training split only (validation and test are never augmented)."""
+
+    horizontal_flip: bool = Field(False, description="Images: flip left-right with probability 0.5.")
+    random_crop: int = Field(0, ge=0, le=64, description="Images: pad by this many pixels and crop back at a random offset (0 disables).")
+    rotation: float = Field(0.0, ge=0.0, le=180.0, description="Images: rotate by a random angle in [-rotation, rotation] degrees.")
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0, description="Images: random brightness/contrast change of up to this fraction.")
+    gaussian_noise: float = Field(0.0, ge=0.0, le=10.0, description="Images and tables: add noise with this standard deviation (after normalisation).")
+
+
+class SyntheticSpec(ApiModel):
+    """Size of a `synthetic:*` data set (generated deterministically from `split.seed`)."""
+
+    samples: int = Field(2000, ge=10, le=10_000_000, description="Rows to generate.")
+    features: int = Field(20, ge=1, le=10_000, description="Feature columns to generate.")
+    classes: int = Field(2, ge=2, le=1000, description="Classes (synthetic:classification only).")
+    noise: float = Field(0.1, ge=0.0, le=100.0, description="Label noise: flipped fraction (classification) or noise std (regression).")
+
+
+class DataSpec(ApiModel):
+    """Where the data comes from and how it is split, preprocessed and augmented."""
+
+    source: str = Field("builtin:digits", pattern=DATA_SOURCE_PATTERN, description="builtin:digits|iris|wine|breast_cancer (shipped with scikit-learn), synthetic:classification|regression, a file or directory path, pvc://claim/path or s3://bucket/key.")
+    format: DataFormat = Field(DataFormat.auto, description="auto infers csv/parquet from the file extension and imagefolder from a directory.")
+    target: str = Field("target", min_length=1, description="Column holding the label (csv/parquet).")
+    task: Task = Field(Task.auto, description="auto: classification for integer/string targets, regression for float targets.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Train/validation/test fractions and their seed.")
+    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec, description="Scaling and imputation, fitted on the training split.")
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec, description="Random augmentation of the training split.")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="Size of a synthetic data set; ignored for other sources.")
+    image_size: int = Field(32, ge=8, le=1024, description="Images are resized to image_size x image_size (imagefolder).")
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+    rmsprop = "rmsprop"
+    adagrad = "adagrad"
+
+
+class ScheduleType(str, Enum):
+    constant = "constant"
+    step = "step"
+    cosine = "cosine"
+    onecycle = "onecycle"
+    plateau = "plateau"
+
+
+class LrScheduleSpec(ApiModel):
+    """Learning-rate schedule, stepped once per epoch (onecycle: per optimizer step)."""
+
+    type: ScheduleType = Field(ScheduleType.constant, description="constant, step (multiply by gamma every stepSize epochs), cosine (to 0 over the run), onecycle, or plateau (multiply by gamma when the validation loss stops improving for stepSize epochs).")
+    warmup_epochs: int = Field(0, ge=0, le=10_000, description="Epochs of linear warm-up from 0 to learningRate before the schedule starts.")
+    step_size: int = Field(10, ge=1, le=10_000, description="step: epochs between decays; plateau: epochs without improvement before a decay.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="Decay factor for step and plateau.")
+
+
+class MixedPrecision(str, Enum):
+    none = "none"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class HyperparametersSpec(ApiModel):
+    """Optimisation settings."""
+
+    epochs: int = Field(10, ge=1, le=100_000, description="Maximum number of epochs (early stopping may end sooner).")
+    batch_size: int = Field(64, ge=1, le=1_048_576, description="Global batch size, split evenly across workers.")
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0, description="Peak learning rate.")
+    optimizer: Optimizer = Field(Optimizer.adam, description="sgd, adam, adamw, rmsprop or adagrad.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum for sgd and rmsprop.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 regularisation (decoupled for adamw).")
+    l1: float = Field(0.0, ge=0.0, le=1.0, description="L1 penalty coefficient added to the loss (sum of absolute weights).")
+    lr_schedule: LrScheduleSpec = Field(default_factory=LrScheduleSpec, description="Learning-rate schedule.")
+    gradient_clip_norm: Optional[float] = Field(None, gt=0.0, description="Clip the global gradient norm to this value.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Accumulate gradients over this many batches per optimizer step.")
+    mixed_precision: MixedPrecision = Field(MixedPrecision.none, description="Autocast dtype: bf16 (CPU and GPU) or fp16 (GPU only, with a gradient scaler).")
+    seed: int = Field(42, ge=0, description="Seed for model initialisation, shuffling and augmentation.")
+
+    cross_field_rules = (
+        CrossFieldRule(
+            cel="self.lrSchedule.warmupEpochs < self.epochs",
+            message="must be smaller than epochs",
+            field_path=".lrSchedule.warmupEpochs",
+            check=lambda h: h.lr_schedule.warmup_epochs < h.epochs,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints, stopping
+
+
+class CheckpointSpec(ApiModel):
+    """Where and how often complete training state is saved."""
+
+    storage: Optional[str] = Field(None, pattern=STORAGE_PATTERN, description="pvc://claim/path, s3://bucket/prefix or a local path. On a cluster it must be shared storage; when empty the operator's default is used. `kiln run` defaults to its output directory.")
+    every_epochs: int = Field(1, ge=1, le=10_000, description="Save a checkpoint every this many epochs (and always at the end).")
+    keep: int = Field(2, ge=1, le=1000, description="Newest checkpoints to keep; the best by `metric` is kept as well.")
+    metric: str = Field("val_loss", min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Metric that ranks checkpoints (e.g. val_loss, val_accuracy).")
+    mode: Optional[Mode] = Field(None, description="min or max; defaults to min for losses/errors and max otherwise.")
+    resume: bool = Field(True, description="On start, resume from the newest valid checkpoint in storage.")
+
+    @property
+    def effective_mode(self) -> Mode:
+        return self.mode or default_mode_for(self.metric)
+
+
+class EarlyStoppingSpec(ApiModel):
+    """Stop when a validation metric stops improving (PyTorch Lightning's EarlyStopping semantics)."""
+
+    metric: str = Field("val_loss", min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Metric to monitor.")
+    mode: Optional[Mode] = Field(None, description="min or max; defaults to min for losses/errors and max otherwise.")
+    patience: int = Field(3, ge=0, le=100_000, description="Checks without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0.0, description="An improvement must beat the best by more than this.")
+    stopping_threshold: Optional[float] = Field(None, description="Stop (successfully) as soon as the metric reaches this value.")
+    divergence_threshold: Optional[float] = Field(None, description="Stop (as a failure) as soon as the metric is worse than this value.")
+    check_finite: bool = Field(True, description="Stop when the metric becomes NaN or infinite.")
+    restore_best_weights: bool = Field(False, description="End with the best checkpoint's weights instead of the last epoch's.")
+
+    cross_field_rules = (
+        CrossFieldRule(
+            cel=(
+                "!has(self.stoppingThreshold) || !has(self.divergenceThreshold) || "
+                "((has(self.mode) ? self.mode : "
+                "(self.metric.matches('loss|error|mse|mae|rmse') ? 'min' : 'max')) == 'min'"
+                " ? self.stoppingThreshold < self.divergenceThreshold"
+                " : self.stoppingThreshold > self.divergenceThreshold)"
+            ),
+            message="stoppingThreshold must be better than divergenceThreshold for the mode (smaller for min, larger for max)",
+            field_path=".stoppingThreshold",
+            check=lambda e: e.stopping_threshold is None
+            or e.divergence_threshold is None
+            or (
+                e.stopping_threshold < e.divergence_threshold
+                if e.effective_mode == Mode.min
+                else e.stopping_threshold > e.divergence_threshold
+            ),
+        ),
+    )
+
+    @property
+    def effective_mode(self) -> Mode:
+        return self.mode or default_mode_for(self.metric)
+
+
+class FailurePolicySpec(ApiModel):
+    """How many faults a job survives."""
+
+    max_restarts: int = Field(3, ge=0, le=1000, description="Times the operator recreates the Ray cluster after the head is lost, resuming from the latest checkpoint.")
+    max_worker_failures: int = Field(3, ge=0, le=1000, description="Times Ray Train restarts the worker group after a worker is lost, within one cluster.")
+
+
+class MetricsSpec(ApiModel):
+    """The training driver's HTTP endpoint (`/metrics` for Prometheus, `/status` for the operator)."""
+
+    port: int = Field(8000, ge=1024, le=65535, description="Port of the driver's /metrics and /status endpoint.")
+
+
+class PullPolicy(str, Enum):
+    always = "Always"
+    if_not_present = "IfNotPresent"
+    never = "Never"
+
+
+class TrainingJobSpec(ApiModel):
+    """What to train, on what, with which resources."""
+
+    image: Optional[str] = Field(None, min_length=1, description="Trainer image for the head and workers; defaults to the operator's configured trainer image.")
+    image_pull_policy: Optional[PullPolicy] = Field(None, description="Always, IfNotPresent or Never.")
+    suspend: bool = Field(False, description="true deletes the job's pods and keeps the job; false again resumes from the latest checkpoint.")
+    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, description="Delete the job this many seconds after it succeeds or fails.")
+    startup_timeout_seconds: int = Field(600, ge=1, le=86_400, description="Fail the job if its pods cannot all be scheduled and started within this time.")
+    workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Worker pods.")
+    head: HeadSpec = Field(default_factory=HeadSpec, description="Head pod (Ray head and training driver).")
+    model: Optional[ModelSpec] = Field(None, description="Built-in model to train (default: an mlp). Exclusive with entrypoint.")
+    entrypoint: Optional[str] = Field(None, pattern=ENTRYPOINT_PATTERN, description="Custom training code as `package.module:function`, run on every worker with the kiln_trainer SDK. Exclusive with model.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Training data.")
+    hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec, description="Optimisation settings.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing and resume.")
+    early_stopping: Optional[EarlyStoppingSpec] = Field(None, description="Early stopping; absent means train for all epochs.")
+    failure_policy: FailurePolicySpec = Field(default_factory=FailurePolicySpec, description="Fault tolerance.")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Driver metrics/status endpoint.")
+
+    cross_field_rules = (
+        CrossFieldRule(
+            cel="!has(self.entrypoint) || !has(self.model)",
+            message="entrypoint and model are mutually exclusive",
+            field_path=".entrypoint",
+            check=lambda s: s.entrypoint is None or s.model is None,
+        ),
+        CrossFieldRule(
+            cel="self.hyperparameters.batchSize >= self.workers.replicas",
+            message="must be at least workers.replicas (the global batch is split across workers)",
+            field_path=".hyperparameters.batchSize",
+            check=lambda s: s.hyperparameters.batch_size >= s.workers.replicas,
+        ),
+        CrossFieldRule(
+            cel="!has(self.earlyStopping) || !self.earlyStopping.metric.startsWith('val_') || self.data.split.validation > 0.0",
+            message="early stopping on a val_ metric needs a validation split > 0",
+            field_path=".data.split.validation",
+            check=lambda s: s.early_stopping is None
+            or not s.early_stopping.metric.startswith("val_")
+            or s.data.split.validation > 0.0,
+        ),
+    )
+
+    @property
+    def effective_model(self) -> ModelSpec:
+        return self.model or ModelSpec()

@@ -1,0 +1,125 @@
+"""The TrainingJob status: what happened.
+
+Written by the operator through the status subresource, and by `kiln run` into
+`status.json`, in exactly this shape. The training driver's `/status` endpoint serves
+the training-side part of it (phase, progress, metrics, best, checkpoint, earlyStopping).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Optional
+
+from pydantic import Field
+
+from .base import ApiModel
+
+
+class Phase(str, Enum):
+    pending = "Pending"
+    starting = "Starting"
+    running = "Running"
+    restarting = "Restarting"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    suspended = "Suspended"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in (Phase.succeeded, Phase.failed)
+
+
+class ConditionType(str, Enum):
+    ready = "Ready"
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    early_stopped = "EarlyStopped"
+    suspended = "Suspended"
+    unschedulable = "Unschedulable"
+
+
+class ConditionStatus(str, Enum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(ApiModel):
+    """A Kubernetes-standard condition (metav1.Condition)."""
+
+    type: str = Field(..., min_length=1, description="Ready, Running, Succeeded, Failed, EarlyStopped, Suspended or Unschedulable.")
+    status: ConditionStatus = Field(..., description="True, False or Unknown.")
+    reason: str = Field(..., min_length=1, description="CamelCase machine-readable reason for the last transition.")
+    message: str = Field("", description="Human-readable details.")
+    last_transition_time: str = Field(..., description="When status last changed (RFC 3339).")
+    observed_generation: Optional[int] = Field(None, ge=0, description="metadata.generation this condition was computed from.")
+
+
+class WorkersStatus(ApiModel):
+    """Worker pods wanted and ready."""
+
+    desired: int = Field(0, ge=0, description="Worker pods the spec asks for.")
+    ready: int = Field(0, ge=0, description="Worker pods running and ready.")
+    summary: str = Field("0/0", description="ready/desired, for `kubectl get`.")
+
+
+class ProgressStatus(ApiModel):
+    """How far training has got."""
+
+    epoch: int = Field(0, ge=0, description="Epochs completed.")
+    total_epochs: int = Field(0, ge=0, description="Epochs requested.")
+    step: int = Field(0, ge=0, description="Optimizer steps taken.")
+    samples_per_second: Optional[float] = Field(None, ge=0, description="Training throughput over the last epoch, all workers together.")
+    eta_seconds: Optional[float] = Field(None, ge=0, description="Estimated time to the last epoch at the current pace.")
+    summary: str = Field("0/0", description="epoch/totalEpochs, for `kubectl get`.")
+
+
+class BestStatus(ApiModel):
+    """The best checkpoint so far by checkpoint.metric."""
+
+    metric: str = Field(..., description="Metric that ranks checkpoints.")
+    value: float = Field(..., description="Its best value.")
+    epoch: int = Field(..., ge=0, description="Epoch it was reached at.")
+    checkpoint: Optional[str] = Field(None, description="Location of the checkpoint holding it.")
+
+
+class CheckpointStatus(ApiModel):
+    """The newest complete checkpoint."""
+
+    latest: Optional[str] = Field(None, description="Location of the newest complete checkpoint.")
+    epoch: Optional[int] = Field(None, ge=0, description="Epoch it was taken after.")
+    timestamp: Optional[str] = Field(None, description="When it was written (RFC 3339).")
+
+
+class EarlyStoppingStatus(ApiModel):
+    """The early-stopping monitor's state and outcome."""
+
+    metric: str = Field(..., description="Monitored metric.")
+    current: Optional[float] = Field(None, description="Its latest value.")
+    best: Optional[float] = Field(None, description="Its best value so far.")
+    wait: int = Field(0, ge=0, description="Checks since the last improvement.")
+    patience: int = Field(0, ge=0, description="Checks without improvement allowed.")
+    stopped: bool = Field(False, description="Training was stopped early.")
+    stopped_epoch: Optional[int] = Field(None, ge=0, description="Epoch at which it stopped.")
+    reason: Optional[str] = Field(None, description="Why it stopped (patience, threshold reached, divergence, non-finite).")
+    summary: str = Field("", description="metric=value, for `kubectl get`.")
+
+
+class TrainingJobStatus(ApiModel):
+    """Observed state of a TrainingJob."""
+
+    phase: Phase = Field(Phase.pending, description="Pending, Starting, Running, Restarting, Succeeded, Failed or Suspended.")
+    reason: Optional[str] = Field(None, description="CamelCase reason for the current phase.")
+    message: Optional[str] = Field(None, description="Human-readable explanation of the current phase.")
+    conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-standard conditions.")
+    observed_generation: Optional[int] = Field(None, ge=0, description="metadata.generation the status reflects.")
+    workers: WorkersStatus = Field(default_factory=WorkersStatus, description="Worker pods ready/desired.")
+    progress: ProgressStatus = Field(default_factory=ProgressStatus, description="Epoch, step and throughput.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Latest metrics (train_loss, val_loss, val_accuracy, and test_* once evaluated).")
+    best: Optional[BestStatus] = Field(None, description="Best checkpoint so far.")
+    checkpoint: Optional[CheckpointStatus] = Field(None, description="Newest complete checkpoint.")
+    early_stopping: Optional[EarlyStoppingStatus] = Field(None, description="Early-stopping state and outcome.")
+    restarts: int = Field(0, ge=0, description="Times the Ray cluster was recreated after losing its head.")
+    start_time: Optional[str] = Field(None, description="When the job first started running (RFC 3339).")
+    completion_time: Optional[str] = Field(None, description="When the job succeeded or failed (RFC 3339).")
