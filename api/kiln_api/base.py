@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
@@ -34,10 +35,10 @@ class ApiModel(BaseModel):
         json_schema_extra=lambda schema, cls: _add_cel_rules(schema, cls),
     )
 
-    cross_field_rules: ClassVar[tuple["CrossFieldRule", ...]] = ()
+    cross_field_rules: ClassVar[tuple[CrossFieldRule, ...]] = ()
 
     @model_validator(mode="after")
-    def _check_cross_field_rules(self) -> "ApiModel":
+    def _check_cross_field_rules(self) -> ApiModel:
         for rule in self.cross_field_rules:
             if not rule.check(self):
                 raise PydanticCustomError(

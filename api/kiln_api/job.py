@@ -47,5 +47,5 @@ class TrainingJob(ApiModel):
         return self.metadata.namespace or "default"
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> "TrainingJob":
+    def from_manifest(cls, manifest: dict[str, Any]) -> TrainingJob:
         return cls.model_validate(manifest)

@@ -274,7 +274,7 @@ class CheckpointSpec(ApiModel):
     storage: Optional[str] = Field(None, pattern=STORAGE_PATTERN, description="pvc://claim/path, s3://bucket/prefix or a local path. On a cluster it must be shared storage; when empty the operator's default is used. `kiln run` defaults to its output directory.")
     every_epochs: int = Field(1, ge=1, le=10_000, description="Save a checkpoint every this many epochs (and always at the end).")
     keep: int = Field(2, ge=1, le=1000, description="Newest checkpoints to keep; the best by `metric` is kept as well.")
-    metric: str = Field("val_loss", min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Metric that ranks checkpoints (e.g. val_loss, val_accuracy).")
+    metric: str = Field("val_loss", min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Metric that ranks checkpoints (e.g. val_loss, val_accuracy).")
     mode: Optional[Mode] = Field(None, description="min or max; defaults to min for losses/errors and max otherwise.")
     resume: bool = Field(True, description="On start, resume from the newest valid checkpoint in storage.")
 
@@ -286,7 +286,7 @@ class CheckpointSpec(ApiModel):
 class EarlyStoppingSpec(ApiModel):
     """Stop when a validation metric stops improving (PyTorch Lightning's EarlyStopping semantics)."""
 
-    metric: str = Field("val_loss", min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Metric to monitor.")
+    metric: str = Field("val_loss", min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Metric to monitor.")
     mode: Optional[Mode] = Field(None, description="min or max; defaults to min for losses/errors and max otherwise.")
     patience: int = Field(3, ge=0, le=100_000, description="Checks without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0.0, description="An improvement must beat the best by more than this.")

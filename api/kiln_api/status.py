@@ -123,3 +123,5 @@ class TrainingJobStatus(ApiModel):
     restarts: int = Field(0, ge=0, description="Times the Ray cluster was recreated after losing its head.")
     start_time: Optional[str] = Field(None, description="When the job first started running (RFC 3339).")
     completion_time: Optional[str] = Field(None, description="When the job succeeded or failed (RFC 3339).")
+    last_restart_time: Optional[str] = Field(None, description="When the operator last tore the Ray cluster down after losing its head (RFC 3339); the restart backoff counts from it.")
+    trainer_unreachable_since: Optional[str] = Field(None, description="Since when the head's /status endpoint has not answered (RFC 3339); unset while it answers.")
