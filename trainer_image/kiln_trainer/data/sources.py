@@ -1,0 +1,148 @@
+"""Turn `spec.data.source` into `RawData`: builtin and synthetic sets here, files elsewhere."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from kiln_api.spec import DataFormat, DataSpec, Task
+
+from ..storage import exists, is_remote, resolve_location
+from .errors import DataError
+from .images import load_image_folder
+from .raw import CLASSIFICATION, IMAGE, REGRESSION, TABLE, RawData
+from .tables import load_table
+
+IMAGE_ARCHITECTURES = ("cnn", "resnet18", "resnet34", "resnet50")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".tsv")
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+def load_raw(spec: DataSpec, *, pvc_root: str, for_architecture: str) -> RawData:
+    """Load the data a spec names, unsplit and unscaled."""
+    source = spec.source
+    if source.startswith("builtin:"):
+        raw = load_builtin(source.removeprefix("builtin:"), as_image=for_architecture in IMAGE_ARCHITECTURES)
+    elif source.startswith("synthetic:"):
+        raw = load_synthetic(spec)
+    else:
+        raw = load_location(spec, pvc_root)
+    _check_task(spec, raw)
+    return raw
+
+
+def load_builtin(name: str, *, as_image: bool) -> RawData:
+    """scikit-learn's bundled sets; digits as (1, 8, 8) images for convolutional models."""
+    from sklearn import datasets
+
+    loaders = {
+        "digits": datasets.load_digits,
+        "iris": datasets.load_iris,
+        "wine": datasets.load_wine,
+        "breast_cancer": datasets.load_breast_cancer,
+    }
+    if name not in loaders:
+        raise DataError("spec.data.source", f"unknown builtin data set {name!r}; choose one of {', '.join(loaders)}")
+    bunch = loaders[name]()
+    class_names = [str(n) for n in bunch.target_names]
+    y = np.asarray(bunch.target, dtype=np.int64)
+    if name == "digits" and as_image:
+        # Pixel intensities are 0..16 in load_digits; images live in [0, 1] like decoded files.
+        x = (np.asarray(bunch.images, dtype=np.float32) / 16.0)[:, None, :, :]
+        return RawData(x=x, y=y, task=CLASSIFICATION, kind=IMAGE, source=f"builtin:{name}", class_names=class_names)
+    features = [str(f) for f in getattr(bunch, "feature_names", [])] or [f"f{i}" for i in range(bunch.data.shape[1])]
+    x = np.asarray(bunch.data, dtype=np.float32)
+    return RawData(x=x, y=y, task=CLASSIFICATION, kind=TABLE, source=f"builtin:{name}", class_names=class_names, feature_names=features)
+
+
+def load_synthetic(spec: DataSpec) -> RawData:
+    """A deterministic function of `spec.synthetic` and `spec.split.seed`."""
+    from sklearn import datasets
+
+    kind = spec.source.removeprefix("synthetic:")
+    syn, seed = spec.synthetic, spec.split.seed
+    names = [f"f{i}" for i in range(syn.features)]
+    if kind == "regression":
+        x, y = datasets.make_regression(
+            n_samples=syn.samples, n_features=syn.features, n_informative=min(syn.features, 10), noise=syn.noise, random_state=seed
+        )
+        return RawData(x=x.astype(np.float32), y=y.astype(np.float32), task=REGRESSION, kind=TABLE, source=spec.source, feature_names=names)
+    if kind != "classification":
+        raise DataError("spec.data.source", f"unknown synthetic data set {kind!r}; choose classification or regression")
+    # make_classification puts each class on a hypercube vertex: it needs 2**informative >= classes.
+    informative = max(math.ceil(math.log2(syn.classes)), min(syn.features, 2 + syn.features // 2))
+    if informative > syn.features:
+        raise DataError(
+            "spec.data.synthetic.features",
+            f"{syn.classes} classes need at least {informative} features, got {syn.features}",
+        )
+    if syn.noise > 1.0:
+        raise DataError("spec.data.synthetic.noise", f"for synthetic:classification noise is the flipped label fraction (0..1), got {syn.noise}")
+    x, y = datasets.make_classification(
+        n_samples=syn.samples,
+        n_features=syn.features,
+        n_informative=informative,
+        n_redundant=0,
+        n_repeated=0,
+        n_classes=syn.classes,
+        n_clusters_per_class=1,
+        flip_y=syn.noise,
+        random_state=seed,
+    )
+    class_names = [str(c) for c in range(syn.classes)]
+    return RawData(
+        x=x.astype(np.float32), y=y.astype(np.int64), task=CLASSIFICATION, kind=TABLE, source=spec.source,
+        class_names=class_names, feature_names=names,
+    )
+
+
+def load_location(spec: DataSpec, pvc_root: str) -> RawData:
+    """A CSV/Parquet file or an image folder on a local path, a PVC or S3."""
+    location = resolve_location(spec.source, pvc_root)
+    try:
+        found = exists(location)
+    except (ImportError, OSError) as exc:  # e.g. s3:// without s3fs installed, or no credentials
+        raise DataError("spec.data.source", f"{spec.source}: cannot reach {location}: {exc}") from exc
+    if not found:
+        raise DataError("spec.data.source", f"{spec.source}: no such file or directory ({location})")
+    data_format = infer_format(spec.format, location, _is_dir(location))
+    if data_format == DataFormat.imagefolder:
+        return load_image_folder(location, spec.image_size, source=spec.source)
+    task = None if spec.task == Task.auto else spec.task.value
+    return load_table(location, data_format.value, target=spec.target, task=task, source=spec.source)
+
+
+def infer_format(requested: DataFormat, location: str, is_dir: bool) -> DataFormat:
+    """`auto`: a directory is an image folder; files go by their extension."""
+    if requested != DataFormat.auto:
+        if is_dir != (requested == DataFormat.imagefolder):
+            what = "a directory" if is_dir else "a file"
+            raise DataError("spec.data.format", f"{requested.value} does not fit {location}, which is {what}")
+        return requested
+    if is_dir:
+        return DataFormat.imagefolder
+    lower = location.lower()
+    if lower.endswith(CSV_SUFFIXES):
+        return DataFormat.csv
+    if lower.endswith(PARQUET_SUFFIXES):
+        return DataFormat.parquet
+    raise DataError(
+        "spec.data.format",
+        f"cannot infer the format of {location} from its extension; set format to csv, parquet or imagefolder",
+    )
+
+
+def _is_dir(location: str) -> bool:
+    if is_remote(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(location)
+        return bool(fs.isdir(path))
+    import os
+
+    return os.path.isdir(location)
+
+
+def _check_task(spec: DataSpec, raw: RawData) -> None:
+    if spec.task != Task.auto and spec.task.value != raw.task:
+        raise DataError("spec.data.task", f"{spec.source} is a {raw.task} data set, but task is {spec.task.value}")
