@@ -70,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["operator"]:
+        # argparse's REMAINDER does not capture a first argument that starts with "-", so
+        # `kiln operator --peering kiln` would be refused: pass everything on as-is.
+        argv = ["operator", "--", *argv[1:]] if len(argv) > 1 else argv
     args = build_parser().parse_args(argv)
+    if getattr(args, "operator_args", None) and args.operator_args[0] == "--":
+        args.operator_args = args.operator_args[1:]
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

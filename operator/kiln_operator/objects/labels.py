@@ -1,0 +1,77 @@
+"""Names, labels and annotations of the objects Kiln creates for a job (docs/contracts.md §4).
+
+Names are deterministic functions of the job name, so an operator restart finds the
+objects it created before instead of creating duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from kiln_api import TrainingJob
+
+ROLE_LABEL = "kiln.dev/role"
+JOB_NAME_LABEL = "kiln.dev/job-name"
+SPEC_HASH_ANNOTATION = "kiln.dev/spec-hash"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_TOTAL_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+HEAD = "head"
+WORKER = "worker"
+# Fields that may change while a job runs: they do not alter what the pods run.
+MUTABLE_SPEC_FIELDS = ("suspend", "ttlSecondsAfterFinished")
+
+
+def secret_name(job: TrainingJob) -> str:
+    return f"{job.name}-ray-auth"
+
+
+def service_name(job: TrainingJob) -> str:
+    return f"{job.name}-head"
+
+
+def head_pod_name(job: TrainingJob) -> str:
+    return f"{job.name}-head"
+
+
+def worker_pod_name(job: TrainingJob, index: int) -> str:
+    return f"{job.name}-worker-{index}"
+
+
+def network_policy_name(job: TrainingJob) -> str:
+    return job.name
+
+
+def job_labels(job: TrainingJob, component: str) -> dict[str, str]:
+    """Labels on every object; pods (component head|worker) also carry their role."""
+    labels = {
+        "app.kubernetes.io/name": "kiln",
+        "app.kubernetes.io/instance": job.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "kiln-operator",
+        "app.kubernetes.io/part-of": "kiln",
+        JOB_NAME_LABEL: job.name,
+    }
+    if component in (HEAD, WORKER):
+        labels[ROLE_LABEL] = component
+    return labels
+
+
+def selector_labels(job: TrainingJob, role: str) -> dict[str, str]:
+    """The smallest label set that selects the job's pods of one role."""
+    return {JOB_NAME_LABEL: job.name, ROLE_LABEL: role}
+
+
+def job_selector(job: TrainingJob) -> dict[str, str]:
+    """Selects every pod of the job, head and workers."""
+    return {JOB_NAME_LABEL: job.name}
+
+
+def spec_hash(job: TrainingJob) -> str:
+    """Hash of the spec fields the pods are built from (everything but the mutable ones)."""
+    spec = job.spec.to_api()
+    for field in MUTABLE_SPEC_FIELDS:
+        spec.pop(field, None)
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

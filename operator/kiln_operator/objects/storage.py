@@ -1,0 +1,108 @@
+"""Where a job's checkpoints, data and pretrained weights live inside its pods.
+
+Checkpoints must be on shared storage: the head pod's own filesystem dies with it, and
+surviving a head loss is the point of checkpointing. So on a cluster only `pvc://` and
+`s3://` are accepted.
+
+* `pvc://claim/path` mounts the claim at `/mnt/kiln/pvc/<claim>` (`KILN_PVC_ROOT`), so the
+  location is `/mnt/kiln/pvc/<claim>/<path>`.
+* `s3://` URLs pass through unchanged; the trainer talks to S3 itself.
+* A job without `checkpoint.storage` gets the operator's default with `/<namespace>/<job>`
+  appended, so jobs sharing the default never share (and resume from) each other's
+  checkpoints. An explicit location is used exactly as written: the user chose it, and
+  pointing a new job at an old job's location is how one continues its run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiln_api import TrainingJob
+
+from ..settings import OperatorSettings
+
+PVC_ROOT = "/mnt/kiln/pvc"
+PVC_SCHEME = "pvc://"
+S3_SCHEME = "s3://"
+
+
+class StorageError(ValueError):
+    """The job's storage cannot be used on a cluster; `reason` is a CamelCase status reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    read_only: bool
+
+
+def split_pvc(url: str) -> tuple[str, str]:
+    """`pvc://claim/a/b` -> (`claim`, `a/b`)."""
+    rest = url[len(PVC_SCHEME):]
+    claim, _, path = rest.partition("/")
+    return claim, path.strip("/")
+
+
+def pvc_mount_path(claim: str) -> str:
+    return f"{PVC_ROOT}/{claim}"
+
+
+def local_location(url: str) -> str:
+    """The location as the trainer sees it inside the pod."""
+    if url.startswith(PVC_SCHEME):
+        claim, path = split_pvc(url)
+        return f"{pvc_mount_path(claim)}/{path}" if path else pvc_mount_path(claim)
+    return url
+
+
+def checkpoint_url(job: TrainingJob, settings: OperatorSettings) -> str:
+    """The shared-storage URL of the job's checkpoints; raises StorageError if there is none."""
+    storage = job.spec.checkpoint.storage
+    if not storage:
+        default = settings.default_checkpoint_storage
+        if not default:
+            raise StorageError(
+                "NoCheckpointStorage",
+                "spec.checkpoint.storage: Required value: set a pvc:// or s3:// location; "
+                "this operator has no default checkpoint storage configured",
+            )
+        return f"{default.rstrip('/')}/{job.namespace}/{job.name}"
+    if not storage.startswith((PVC_SCHEME, S3_SCHEME)):
+        raise StorageError(
+            "CheckpointStorageNotShared",
+            f"spec.checkpoint.storage: Invalid value: {storage!r}: a path inside the pod does not survive "
+            "the loss of the head pod; use shared storage (pvc://claim/path or s3://bucket/prefix)",
+        )
+    return storage
+
+
+def checkpoint_dir(job: TrainingJob, settings: OperatorSettings) -> str:
+    """`KILN_CHECKPOINT_DIR` for the pods."""
+    return local_location(checkpoint_url(job, settings))
+
+
+def referenced_urls(job: TrainingJob, settings: OperatorSettings) -> tuple[str, list[str]]:
+    """(checkpoint URL, read-only input URLs: data source and pretrained weights)."""
+    inputs = [job.spec.data.source]
+    pretrained = job.spec.model.pretrained if job.spec.model else None
+    if pretrained is not None:
+        inputs.append(pretrained.path)
+    return checkpoint_url(job, settings), inputs
+
+
+def claims(job: TrainingJob, settings: OperatorSettings) -> list[Claim]:
+    """PVCs to mount, sorted by name; read-only unless checkpoints are written to them."""
+    ckpt, inputs = referenced_urls(job, settings)
+    writable = {split_pvc(ckpt)[0]} if ckpt.startswith(PVC_SCHEME) else set()
+    read_only = {split_pvc(url)[0] for url in inputs if url.startswith(PVC_SCHEME)}
+    return [Claim(name, name not in writable) for name in sorted(writable | read_only)]
+
+
+def uses_s3(job: TrainingJob, settings: OperatorSettings) -> bool:
+    ckpt, inputs = referenced_urls(job, settings)
+    return any(url.startswith(S3_SCHEME) for url in [ckpt, *inputs])

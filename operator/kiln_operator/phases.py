@@ -1,0 +1,224 @@
+"""One function per situation a job can be in; each returns the Plan for it.
+
+`decide` (reconciler.py) picks the situation; the order there is the priority.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from . import pod_state
+from .objects import build_auth_secret, build_head_pod, build_head_service, build_network_policy, build_worker_pod
+from .objects.labels import HEAD, WORKER, head_pod_name, worker_pod_name
+from .plan import Context, Plan
+from .trainer_report import parse_report, report_phase, report_text, training_fields
+
+RETRY_SECONDS = 2.0  # waiting for pods we deleted to go away
+POLL_SECONDS = 5.0  # waiting for pods to start or the trainer to report
+
+
+def keep(ctx: Context, **overrides: str) -> Plan:
+    """A plan that leaves phase, reason and message as they were."""
+    return Plan(
+        phase=overrides.get("phase", ctx.prev_phase or "Pending"),
+        reason=overrides.get("reason", str(ctx.prev.get("reason") or "Created")),
+        message=overrides.get("message", str(ctx.prev.get("message") or "")),
+    )
+
+
+def all_pods(ctx: Context) -> dict[str, dict]:
+    return {**ctx.pods_of(HEAD), **ctx.pods_of(WORKER)}
+
+
+def finished(ctx: Context, ttl: int | None) -> Plan:
+    """Succeeded or Failed: release the workers, keep a finished head for its logs."""
+    plan = keep(ctx)
+    plan.delete_pods(ctx.pods_of(WORKER))
+    # A head that still runs holds a node; an ended one costs nothing and keeps `kubectl logs`.
+    plan.delete_pods({n: p for n, p in ctx.pods_of(HEAD).items() if pod_state.termination(p) is None})
+    completed = pod_state.parse_time(ctx.prev.get("completionTime"))
+    if ttl is not None and completed is not None:
+        remaining = (completed + timedelta(seconds=ttl) - ctx.now).total_seconds()
+        if remaining <= 0:
+            plan.delete_job = True
+        else:
+            plan.requeue(remaining)
+    return plan
+
+
+def fail(ctx: Context, reason: str, message: str, permanent: bool = False) -> Plan:
+    """Failed: every pod still running goes; an ended head stays for its logs."""
+    plan = Plan("Failed", reason, message)
+    plan.delete_pods(ctx.pods_of(WORKER))
+    plan.delete_pods({n: p for n, p in ctx.pods_of(HEAD).items() if pod_state.termination(p) is None})
+    if permanent:
+        plan.permanent_error = message
+    return plan
+
+
+def suspended(ctx: Context) -> Plan:
+    plan = Plan(
+        "Suspended",
+        "Suspended",
+        "spec.suspend is true: the job's pods are deleted; it resumes from its latest checkpoint when suspend is false",
+    )
+    plan.delete_pods(all_pods(ctx))
+    plan.updates["trainerUnreachableSince"] = None
+    if any(pod_state.is_deleting(p) for p in all_pods(ctx).values()):
+        plan.requeue(RETRY_SECONDS)
+    return plan
+
+
+def succeeded(ctx: Context, term: pod_state.Termination) -> Plan:
+    report = parse_report(term.message)
+    fields = training_fields(report)
+    stopped = bool((fields.get("earlyStopping") or {}).get("stopped"))
+    reason = "EarlyStopped" if stopped else "Completed"
+    message = report_text(report, "message") or (
+        "training stopped early: the monitored metric stopped improving" if stopped else "training completed"
+    )
+    plan = Plan("Succeeded", reason, message)
+    plan.updates.update(fields)
+    plan.updates["trainerUnreachableSince"] = None
+    if report_text(report, "completionTime"):
+        plan.updates["completionTime"] = report_text(report, "completionTime")
+    plan.delete_pods(ctx.pods_of(WORKER))
+    return plan
+
+
+def head_ended_badly(ctx: Context, term: pod_state.Termination) -> Plan:
+    """The head's container failed. A verdict from the driver is final; anything else is a lost head."""
+    report = parse_report(term.message)
+    fields = training_fields(report)
+    if term.exit_code == 2 or report_phase(report) == "Failed":
+        # The driver judged the run itself failed (invalid job, divergence, bad data):
+        # a new cluster would fail the same way.
+        reason = report_text(report, "reason") or ("InvalidJob" if term.exit_code == 2 else "TrainingFailed")
+        message = report_text(report, "message") or _exit_text(term)
+        plan = fail(ctx, reason, message)
+        plan.updates.update(fields)
+        return plan
+    plan = head_lost(ctx, f"the head pod {head_pod_name(ctx.job)} ended: {_exit_text(term)}")
+    plan.updates.update(fields)
+    return plan
+
+
+def _exit_text(term: pod_state.Termination) -> str:
+    code = "no exit code" if term.exit_code is None else f"exit code {term.exit_code}"
+    detail = term.reason or "Error"
+    message = term.message if term.message and parse_report(term.message) is None else ""
+    tail = f": {message[-300:].strip()}" if message.strip() else ""
+    return f"{detail} ({code}){tail}"
+
+
+def head_lost(ctx: Context, why: str) -> Plan:
+    """Tear the cluster down; rebuild it after a backoff, or give up past maxRestarts."""
+    restarts = int(ctx.prev.get("restarts") or 0)
+    limit = ctx.job.spec.failure_policy.max_restarts
+    if restarts >= limit:
+        return fail(
+            ctx,
+            "MaxRestartsExceeded",
+            f"{why}; the Ray cluster was already recreated {restarts} time(s), failurePolicy.maxRestarts is {limit}",
+        )
+    restarts += 1
+    wait = ctx.settings.backoff_seconds(restarts)
+    plan = Plan(
+        "Restarting",
+        "HeadLost",
+        f"{why}; recreating the Ray cluster in {wait:g}s (restart {restarts} of {limit}), resuming from the latest checkpoint",
+    )
+    plan.updates.update(restarts=restarts, lastRestartTime=ctx.stamp, trainerUnreachableSince=None)
+    plan.delete_pods(all_pods(ctx))
+    plan.requeue(wait)
+    return plan
+
+
+def restarting(ctx: Context) -> Plan | None:
+    """Still tearing down or backing off: a Plan; ready to rebuild: None."""
+    remaining = all_pods(ctx)
+    if remaining:
+        plan = keep(ctx)
+        plan.delete_pods(remaining)
+        plan.requeue(RETRY_SECONDS)
+        return plan
+    since = pod_state.parse_time(ctx.prev.get("lastRestartTime"))
+    restarts = int(ctx.prev.get("restarts") or 0)
+    if since is not None:
+        wait = (since + timedelta(seconds=ctx.settings.backoff_seconds(restarts)) - ctx.now).total_seconds()
+        if wait > 0:
+            plan = keep(ctx)
+            plan.requeue(wait)
+            return plan
+    return None
+
+
+def lost_head_reason(ctx: Context) -> str | None:
+    """Why the head counts as lost (deleted, or /status silent too long while Running), else None."""
+    if ctx.prev_phase not in ("Starting", "Running"):
+        return None
+    name = head_pod_name(ctx.job)
+    head = ctx.obs.pods.get(name)
+    if head is None:
+        return f"the head pod {name} disappeared"
+    if pod_state.is_deleting(head):
+        return f"the head pod {name} is being deleted"
+    since = pod_state.parse_time(ctx.prev.get("trainerUnreachableSince"))
+    if ctx.prev_phase == "Running" and ctx.obs.trainer_status is None and ctx.obs.trainer_status_error and since:
+        silent = (ctx.now - since).total_seconds()
+        if silent >= ctx.settings.status_unreachable_seconds:
+            return f"the trainer's /status has not answered for {silent:.0f}s ({ctx.obs.trainer_status_error})"
+    return None
+
+
+def startup_timeout(ctx: Context) -> tuple[Plan | None, float | None]:
+    """(a Failed plan if a pod stayed Pending past startupTimeoutSeconds, seconds to the next deadline)."""
+    limit = ctx.job.spec.startup_timeout_seconds
+    next_deadline: float | None = None
+    for name, pod in all_pods(ctx).items():
+        created = pod_state.created_at(pod)
+        if pod_state.phase(pod) != "Pending" or pod_state.is_deleting(pod) or created is None:
+            continue
+        left = (created + timedelta(seconds=limit) - ctx.now).total_seconds()
+        if left > 0:
+            next_deadline = left if next_deadline is None else min(next_deadline, left)
+            continue
+        scheduler = pod_state.unschedulable_message(pod)
+        if scheduler is not None:
+            plan = fail(ctx, "Unschedulable", f"pod {name} could not be scheduled within startupTimeoutSeconds={limit}s: {scheduler}")
+            plan.unschedulable = scheduler
+        else:
+            plan = fail(ctx, "StartupTimeout", f"pod {name} did not start within startupTimeoutSeconds={limit}s")
+        plan.delete_pods(ctx.pods_of(HEAD))  # release every pod, the head included
+        return plan, None
+    return None, next_deadline
+
+
+def ensure_objects(ctx: Context, plan: Plan) -> None:
+    """Create what is missing, in order; recreate lost workers."""
+    job, pods_job = ctx.job, ctx.pods_job or ctx.job
+    if not ctx.obs.secret_exists:
+        plan.create.append(build_auth_secret(job, ctx.settings, ctx.token))
+    if not ctx.obs.service_exists:
+        plan.create.append(build_head_service(job, ctx.settings))
+    if not ctx.obs.network_policy_exists:
+        plan.create.append(build_network_policy(job, ctx.settings))
+    if head_pod_name(job) not in ctx.obs.pods:
+        plan.create.append(build_head_pod(pods_job, ctx.settings))
+    started = ctx.prev_phase in ("Starting", "Running")
+    for index in range(pods_job.spec.workers.replicas):
+        name = worker_pod_name(job, index)
+        pod = ctx.obs.pods.get(name)
+        if pod is None:
+            plan.create.append(build_worker_pod(pods_job, ctx.settings, index))
+            if started:
+                plan.events.append(("Normal", "WorkerRecreated", f"worker pod {name} was missing; recreated it"))
+        elif pod_state.is_deleting(pod):
+            plan.requeue(RETRY_SECONDS)
+        elif (term := pod_state.termination(pod)) is not None:
+            plan.delete_pods({name: pod})
+            plan.requeue(RETRY_SECONDS)
+            plan.events.append(("Warning", "WorkerFailed", f"worker pod {name} ended ({_exit_text(term)}); replacing it"))
+    # Workers beyond the wanted count (left from an older spec) go.
+    wanted = {worker_pod_name(job, i) for i in range(pods_job.spec.workers.replicas)}
+    plan.delete_pods({n: p for n, p in ctx.pods_of(WORKER).items() if n not in wanted})

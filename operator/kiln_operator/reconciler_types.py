@@ -1,0 +1,29 @@
+"""The values `decide` takes and returns (re-exported by `kiln_operator.reconciler`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Observation:
+    pods: Mapping[str, dict]  # this job's pods by name, as read from the API (status included)
+    secret_exists: bool
+    service_exists: bool
+    network_policy_exists: bool
+    trainer_status: dict | None  # parsed JSON from the head's /status; None if not fetched or failed
+    trainer_status_error: str | None
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: dict  # the next full status (camelCase, TrainingJobStatus-shaped)
+    create: list[dict]  # objects to create, in order (create-if-missing; 409 is fine)
+    delete: list[tuple[str, str]]  # (kind, name) to delete (404 is fine)
+    events: list[tuple[str, str, str]]  # (Normal|Warning, reason, message)
+    requeue_after: float | None  # call again after this many seconds (waiting, backoff)
+    delete_job: bool = False  # ttlSecondsAfterFinished elapsed
+    permanent_error: str | None = None  # invalid spec etc.: the handler raises kopf.PermanentError
