@@ -30,6 +30,7 @@ lint: install
 
 crd: install
 	$(VENV)/bin/kiln crd > crds/trainingjobs.kiln.dev.yaml
+	bash scripts/sync-chart-crds.sh
 
 bench: install
 	$(PY) bench/trainer_overhead.py

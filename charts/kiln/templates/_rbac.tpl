@@ -1,0 +1,49 @@
+{{/*
+Exactly the API calls the operator makes. tests/unit/chart/test_rbac.py derives them from the
+operator's code and compares both ways; tests/integration/monitoring checks a real run's requests.
+*/}}
+
+{{/* Namespaced resources: in the ClusterRole (cluster-wide) or in a Role per watched namespace. */}}
+{{- define "kiln.namespacedRules" -}}
+# kopf watches jobs and patches its finalizer and progress annotations; the operator reads a job
+# fresh before each reconcile and deletes it after ttlSecondsAfterFinished.
+- apiGroups: ["kiln.dev"]
+  resources: ["trainingjobs"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
+- apiGroups: ["kiln.dev"]
+  resources: ["trainingjobs/status"]
+  verbs: ["patch"]
+# Children carry ownerReferences with blockOwnerDeletion, which needs update on the owner's
+# finalizers where the OwnerReferencesPermissionEnforcement admission plugin is on.
+- apiGroups: ["kiln.dev"]
+  resources: ["trainingjobs/finalizers"]
+  verbs: ["update"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch", "create", "delete"]
+# Secret (the job's Ray token, read back to reuse it), Service and NetworkPolicy are created
+# once and removed by the garbage collector with the job, never by the operator.
+- apiGroups: [""]
+  resources: ["secrets", "services"]
+  verbs: ["get", "create"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if and (include "kiln.peering" .) .Values.watchNamespaces }}
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["list", "watch", "patch"]
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped resources. kopf runs with scanning disabled: no CRD or namespace access. */}}
+{{- define "kiln.clusterRules" -}}
+{{- if and (include "kiln.peering" .) (not .Values.watchNamespaces) }}
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["list", "watch", "patch"]
+{{- end }}
+{{- end }}
