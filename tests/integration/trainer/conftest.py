@@ -1,0 +1,29 @@
+"""One local Ray cluster for the whole trainer test session (Ray start-up costs seconds)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from kiln_trainer.driver import LOCAL_HEALTH_CHECK_INTERVAL_S
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    import ray
+
+    # Short path: Ray's socket paths must stay under ~107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="kt-", dir="/tmp")
+    # As `kiln run` does for its own local cluster (see kiln_trainer.driver.connect_ray).
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", LOCAL_HEALTH_CHECK_INTERVAL_S)
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp_dir,
+             logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,169 @@
+"""Pure parts of the driver: the status reducer, capacity check, metrics exposition, HTTP server, curves."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from kiln_api.status import Phase
+from kiln_trainer.curves import plot_curves
+from kiln_trainer.driver import capacity_message, workers_that_fit
+from kiln_trainer.local import LocalOutputs, load_manifest, progress_line
+from kiln_trainer.metrics import KilnMetrics, MetricsServer, start_server
+from kiln_trainer.progress import apply_event, compact_status, driver_status_json, initial_status
+
+from tests.support.trainer_helpers import free_port, http_get, job, manifest
+
+EPOCH = {"kind": "epoch", "epoch": 2, "step": 40, "metrics": {"train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9},
+         "samples_per_second": 1000.0, "epoch_seconds": 2.0, "checkpoint_stall_seconds": 0.01,
+         "early_stopping": {"metric": "val_loss", "current": 0.4, "best": 0.4, "wait": 0, "patience": 3}}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "cpus", "gpus", "expected"),
+    [
+        ([{"CPU": 2.0}], 1.0, 0, 2),
+        ([{"CPU": 3.0}], 2.0, 0, 1),
+        ([{"CPU": 0.0}, {"CPU": 1.0}, {"CPU": 1.0}], 1.0, 0, 2),  # a head with --num-cpus=0 holds none
+        ([{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0}], 1.0, 1, 1),
+        ([{"CPU": 1.5}, {"CPU": 1.5}], 1.0, 0, 2),  # a worker never spans nodes
+        ([], 1.0, 0, 0),
+    ],
+)
+def test_workers_that_fit_counts_per_node(nodes, cpus, gpus, expected):
+    assert workers_that_fit(nodes, cpus, gpus) == expected
+
+
+def test_capacity_message_names_the_field_and_the_numbers():
+    message = capacity_message(job("big", {"workers": {"replicas": 8, "gpusPerWorker": 1}}), 1, [{"CPU": 4.0, "GPU": 1.0}])
+    assert message.startswith("spec.workers.replicas: 8 workers of 1 CPU + 1 GPU each")
+    assert "can hold 1" in message and "4 CPU/1 GPU" in message
+
+
+def fold(events):
+    status, durations = initial_status(10), []
+    for event in events:
+        status = apply_event(status, event, durations)
+    return status
+
+
+def test_status_follows_events_from_start_to_success():
+    started = {"kind": "started", "epoch": 1, "step": 20, "total_epochs": 10, "message": "resuming"}
+    checkpoint = {"kind": "checkpoint", "epoch": 2, "location": "/c/epoch-000002", "seconds": 0.1, "unix_time": 0,
+                  "best": {"metric": "val_loss", "value": 0.4, "epoch": 2, "checkpoint": "/c/epoch-000002"}}
+    status = fold([started, EPOCH, checkpoint])
+    assert status.phase == Phase.running and status.progress.summary == "2/10"
+    assert status.progress.eta_seconds == pytest.approx(16.0)
+    assert status.checkpoint.latest == "/c/epoch-000002" and status.best.value == 0.4
+    finished = {"kind": "finished", "outcome": "early_stopped", "metrics": {"test_accuracy": 0.95}, "message": "patience",
+                "early_stopping": {**EPOCH["early_stopping"], "stopped": True, "stopped_epoch": 2, "reason": "patience"}}
+    status = fold([started, EPOCH, checkpoint, finished])
+    assert (status.phase, status.reason) == (Phase.succeeded, "EarlyStopped")
+    assert status.metrics["test_accuracy"] == 0.95 and status.early_stopping.stopped_epoch == 2
+    assert status.completion_time is not None
+
+
+@pytest.mark.parametrize(
+    ("outcome", "phase", "reason"),
+    [("completed", Phase.succeeded, "Completed"), ("diverged", Phase.failed, "Diverged"),
+     ("non_finite", Phase.failed, "NonFiniteMetric"), ("interrupted", Phase.suspended, "Interrupted")],
+)
+def test_outcomes_map_to_phases(outcome, phase, reason):
+    status = fold([EPOCH, {"kind": "finished", "outcome": outcome, "metrics": {}}])
+    assert (status.phase, status.reason) == (phase, reason)
+
+
+def test_driver_status_is_the_camelcase_subset_and_compact_fits_4096_bytes():
+    status = fold([EPOCH])
+    data = driver_status_json(status)
+    assert set(data) <= {"phase", "reason", "message", "progress", "metrics", "best", "checkpoint", "earlyStopping",
+                         "startTime", "completionTime"}
+    assert data["progress"]["samplesPerSecond"] == 1000.0 and data["earlyStopping"]["metric"] == "val_loss"
+    status.metrics = {f"metric_{i}": float(i) for i in range(400)}
+    text = compact_status(status)
+    assert len(text.encode()) <= 4096 and json.loads(text)["phase"] == "Running"
+
+
+def test_metrics_exposition_uses_the_contract_names_and_labels():
+    metrics = KilnMetrics("j", "ns")
+    metrics.on_start(10, 0, 0)
+    metrics.on_epoch({**EPOCH, "gpu": {"0": {"utilization": 0.5, "memory_bytes": 1024}}})
+    metrics.on_checkpoint({"seconds": 0.2, "unix_time": 1234.0, "best": {"metric": "val_loss", "value": 0.4}})
+    text = metrics.exposition().decode()
+    labels = 'job_name="j",job_namespace="ns"'
+    for line in (f"kiln_train_loss{{{labels}}} 0.5", f"kiln_validation_loss{{{labels}}} 0.4",
+                 f'kiln_validation_metric{{{labels},metric="accuracy"}} 0.9', f"kiln_epoch{{{labels}}} 2.0",
+                 f"kiln_total_epochs{{{labels}}} 10.0", f"kiln_step_total{{{labels}}} 40.0",
+                 f"kiln_samples_per_second{{{labels}}} 1000.0", f"kiln_epoch_duration_seconds_count{{{labels}}} 1.0",
+                 f"kiln_checkpoint_duration_seconds_count{{{labels}}} 1.0",
+                 f"kiln_checkpoint_last_timestamp_seconds{{{labels}}} 1234.0",
+                 f'kiln_best_metric{{{labels},metric="val_loss"}} 0.4', f"kiln_early_stopping_wait{{{labels}}} 0.0",
+                 f'kiln_gpu_utilization_ratio{{{labels},worker="0"}} 0.5',
+                 f'kiln_gpu_memory_used_bytes{{{labels},worker="0"}} 1024.0'):
+        assert line in text, line
+
+
+def test_http_server_serves_metrics_status_healthz_and_404():
+    metrics = KilnMetrics("j", "ns")
+    server = MetricsServer(metrics, lambda: {"phase": "Running"}, free_port(), host="127.0.0.1").start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert http_get(base + "/healthz") == (200, "ok\n")
+        assert json.loads(http_get(base + "/status")[1]) == {"phase": "Running"}
+        assert "kiln_epoch" in http_get(base + "/metrics")[1]
+        with pytest.raises(OSError, match="404"):
+            http_get(base + "/nope")
+    finally:
+        server.stop()
+
+
+def test_busy_port_falls_back_only_when_allowed():
+    metrics = KilnMetrics("j", "ns")
+    first = MetricsServer(metrics, dict, 0, host="127.0.0.1").start()
+    try:
+        with pytest.raises(OSError):
+            start_server(metrics, dict, first.port, fallback=False, host="127.0.0.1")
+        second = start_server(metrics, dict, first.port, fallback=True, host="127.0.0.1")
+        assert second.port != first.port
+        second.stop()
+    finally:
+        first.stop()
+
+
+def test_manifest_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps(manifest("bad", {"hyperparameters": {"batchSize": 0}})))
+    with pytest.raises(ValueError, match="spec.hyperparameters.batchSize"):
+        load_manifest(str(bad), None)
+    good = tmp_path / "good.yaml"
+    good.write_text(json.dumps(manifest("good")))
+    assert load_manifest(str(good), 3).spec.workers.replicas == 3
+    with pytest.raises(ValueError, match="--workers"):
+        load_manifest(str(good), 0)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_manifest(str(tmp_path / "missing.yaml"), None)
+
+
+def test_local_outputs_rebuild_the_epoch_log_on_resume(tmp_path):
+    outputs = LocalOutputs(str(tmp_path), io.StringIO())
+    status = initial_status(10)
+    for epoch in (1, 2, 3):
+        outputs({**EPOCH, "epoch": epoch}, status)
+    # Resumed from epoch 2's checkpoint, whose history also knows an epoch the log lost.
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0}) + "\n")
+    outputs({"kind": "started", "epoch": 2, "step": 0, "total_epochs": 10,
+             "history": [{"epoch": 1.0, "train_loss": 9.0}, {"epoch": 2.0, "train_loss": 0.7}]}, status)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["train_loss"]) for r in rows] == [(1, 1.0), (2, 0.7)]
+    assert json.loads((tmp_path / "status.json").read_text())["phase"] == "Starting"
+
+
+def test_progress_line_and_curves(tmp_path):
+    status = fold([EPOCH])
+    line = progress_line(status, 0.25, "val_accuracy 0.9000", batch=(5, 10))
+    assert line.startswith("epoch 3/10 [##########..........] step 40 loss 0.2500 val_accuracy 0.9000 ETA")
+    assert plot_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": 0.9, "val_accuracy": 0.5},
+                        {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.7}], str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert not plot_curves([], str(tmp_path / "none.png"))

@@ -1,0 +1,138 @@
+"""The per-worker loop run in one process (world size 1): every training path, checkpoints, transfer learning."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from kiln_trainer.checkpoints import CheckpointStore
+from kiln_trainer.models import build_model
+from kiln_trainer.training import run_training
+from kiln_trainer.worker import RunPaths, WorkerEnv
+
+from tests.support.datafiles import write_image_folder, write_table
+from tests.support.trainer_helpers import job
+
+SHORT = {"workers": {"replicas": 1}, "hyperparameters": {"epochs": 2, "batchSize": 128}}
+
+
+def train(tmp_path, name, changes=None, subdir="run"):
+    spec_changes = {**SHORT, **(changes or {})}
+    spec_changes["hyperparameters"] = {**SHORT["hyperparameters"], **(changes or {}).get("hyperparameters", {})}
+    paths = RunPaths(str(tmp_path / subdir / "ckpt"), str(tmp_path), str(tmp_path / subdir / "model.pt"))
+    return run_training(job(name, spec_changes), WorkerEnv(), paths), paths
+
+
+def assert_trained(result, paths, test_metric="test_accuracy"):
+    assert result["outcome"] == "completed"
+    assert all(math.isfinite(h["train_loss"]) for h in result["history"])
+    assert test_metric in result["metrics"]
+    assert torch.load(paths.model_path, weights_only=True)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop", "adagrad"])
+def test_every_optimizer_trains(tmp_path, optimizer):
+    assert_trained(*train(tmp_path, "opt", {"hyperparameters": {"optimizer": optimizer, "weightDecay": 0.001}}))
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"type": "constant"},
+        {"type": "step", "stepSize": 1, "gamma": 0.5},
+        {"type": "cosine", "warmupEpochs": 1},
+        {"type": "onecycle"},
+        {"type": "plateau", "stepSize": 1},
+    ],
+)
+def test_every_learning_rate_schedule_trains(tmp_path, schedule):
+    assert_trained(*train(tmp_path, "sched", {"hyperparameters": {"lrSchedule": schedule}}))
+
+
+def test_regularisation_accumulation_clipping_and_bf16_train(tmp_path):
+    hp = {"l1": 1e-4, "weightDecay": 1e-3, "gradientAccumulationSteps": 3, "gradientClipNorm": 1.0, "mixedPrecision": "bf16"}
+    assert_trained(*train(tmp_path, "regs", {"hyperparameters": hp, "model": {"dropout": 0.2, "batchNorm": True}}))
+
+
+@pytest.mark.parametrize(
+    ("normalize", "impute"), [("standard", "mean"), ("minmax", "median"), ("none", "drop")]
+)
+def test_preprocessing_paths_on_a_table_with_missing_values(tmp_path, normalize, impute):
+    csv = tmp_path / "table.csv"
+    write_table(csv, rows=80, missing=5)
+    data = {"source": str(csv), "preprocessing": {"normalize": normalize, "impute": impute}}
+    assert_trained(*train(tmp_path, "pre", {"data": data, "hyperparameters": {"batchSize": 16}}))
+
+
+def test_image_augmentation_with_a_cnn(tmp_path):
+    aug = {"horizontalFlip": True, "randomCrop": 1, "rotation": 10, "colorJitter": 0.2, "gaussianNoise": 0.05}
+    changes = {"model": {"architecture": "cnn", "hiddenUnits": [8, 16]}, "data": {"augmentation": aug}}
+    assert_trained(*train(tmp_path, "aug", changes))
+
+
+def test_image_folder_with_a_resnet(tmp_path):
+    folder = write_image_folder(tmp_path / "images", per_class=8, size=12)
+    changes = {"model": {"architecture": "resnet18"}, "data": {"source": str(folder), "imageSize": 16,
+                                                                "split": {"train": 0.5, "validation": 0.25, "test": 0.25}},
+               "hyperparameters": {"epochs": 1, "batchSize": 4}}
+    assert_trained(*train(tmp_path, "resnet", changes))
+
+
+def test_tabular_noise_augmentation_and_regression(tmp_path):
+    data = {"source": "synthetic:regression", "synthetic": {"samples": 400, "features": 8}, "augmentation": {"gaussianNoise": 0.1}}
+    result, paths = train(tmp_path, "reg", {"data": data, "checkpoint": {"metric": "val_rmse"}})
+    assert_trained(result, paths, test_metric="test_rmse")
+    assert {"val_mae", "val_rmse"} <= set(result["history"][-1])
+
+
+def test_frozen_backbone_keeps_pretrained_weights(tmp_path):
+    source = job("pre", SHORT)
+    model = build_model(source.spec.effective_model, (64,), 10)
+    torch.nn.init.normal_(model.head[-1].weight if isinstance(model.head, torch.nn.Sequential) else model.head.weight)
+    weights = tmp_path / "pretrained.pt"
+    torch.save(model.state_dict(), weights)
+    result, paths = train(tmp_path, "transfer", {"model": {"pretrained": {"path": str(weights), "freezeBackbone": True}},
+                                                 "hyperparameters": {"epochs": 3}})
+    assert result["outcome"] == "completed"
+    trained = torch.load(paths.model_path, weights_only=True)
+    original = model.state_dict()
+    backbone = [k for k in original if k.startswith("backbone.")]
+    head = [k for k in original if k.startswith("head.") and original[k].is_floating_point()]
+    assert backbone and head
+    assert all(torch.equal(trained[k], original[k]) for k in backbone)
+    assert any(not torch.equal(trained[k], original[k]) for k in head)
+
+
+def test_retention_keeps_newest_and_best_through_the_loop(tmp_path):
+    result, paths = train(tmp_path, "keep", {"hyperparameters": {"epochs": 5},
+                                             "checkpoint": {"keep": 1, "metric": "val_loss"}})
+    store = CheckpointStore(paths.checkpoint_dir, keep=1, metric="val_loss", mode="min")
+    epochs = [i.epoch for i in store.list()]
+    best_epoch = min(result["history"], key=lambda h: h["val_loss"])["epoch"]
+    assert epochs == sorted({5, int(best_epoch)})
+
+
+def test_corrupt_newest_checkpoint_resumes_from_previous(tmp_path, caplog):
+    first, paths = train(tmp_path, "corrupt", {"hyperparameters": {"epochs": 3}, "checkpoint": {"keep": 5}})
+    newest = CheckpointStore(paths.checkpoint_dir).latest_valid()
+    assert newest.epoch == 3
+    state_file = tmp_path / "run" / "ckpt" / newest.name / "state.pt"
+    state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        second, _ = train(tmp_path, "corrupt", {"hyperparameters": {"epochs": 4}, "checkpoint": {"keep": 5}})
+    assert "skipping corrupt checkpoint" in caplog.text
+    # Epochs 1-2 come from the checkpoint of epoch 2; 3 and 4 were trained again.
+    assert [h["epoch"] for h in second["history"]] == [1, 2, 3, 4]
+    assert second["history"][:2] == first["history"][:2]
+
+
+def test_restore_best_weights_ends_with_the_best_checkpoint(tmp_path):
+    changes = {"hyperparameters": {"epochs": 6}, "checkpoint": {"keep": 1, "metric": "val_loss"},
+               "earlyStopping": {"metric": "val_loss", "patience": 10, "restoreBestWeights": True}}
+    result, paths = train(tmp_path, "best", changes)
+    store = CheckpointStore(paths.checkpoint_dir, keep=1, metric="val_loss", mode="min")
+    best = store.load_state(store.best())["model"]
+    final = torch.load(paths.model_path, weights_only=True)
+    assert all(torch.equal(final[k], best[k]) for k in best)

@@ -1,0 +1,178 @@
+"""`kiln run FILE [--output DIR] [--workers N]`: the driver's code path on a local Ray cluster.
+
+Writes `DIR/<job-name>/`: status.json (TrainingJobStatus shape), metrics.jsonl (one line
+per epoch), checkpoints/ (unless spec.checkpoint.storage says otherwise), model.pt and
+curves.png. The first Ctrl-C asks the workers to stop after the current epoch with a
+checkpoint; the same command again resumes from it. A second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Optional, TextIO
+
+import yaml
+from kiln_api import TrainingJob
+from kiln_api.status import TrainingJobStatus
+from pydantic import ValidationError
+
+from .curves import plot_curves, read_jsonl
+from .driver import EXIT_INVALID, DriverOptions, JobRunner, validation_message
+from .storage import DEFAULT_PVC_ROOT, resolve_location
+from .worker import write_bytes
+
+
+def load_manifest(file: str, workers: Optional[int]) -> TrainingJob:
+    """Read and validate a manifest; raise ValueError with a field-named message."""
+    try:
+        with open(file) as handle:
+            docs = [d for d in yaml.safe_load_all(handle) if d]
+    except OSError as exc:
+        raise ValueError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{file}: not valid YAML: {exc}") from exc
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "TrainingJob"]
+    if len(jobs) != 1:
+        raise ValueError(f"{file}: expected exactly one TrainingJob document, found {len(jobs)}")
+    manifest = jobs[0]
+    if workers is not None:
+        if workers < 1:
+            raise ValueError(f"--workers: must be at least 1, got {workers}")
+        manifest.setdefault("spec", {}).setdefault("workers", {})["replicas"] = workers
+    try:
+        return TrainingJob.model_validate(manifest)
+    except ValidationError as exc:
+        raise ValueError(f"{file}: {validation_message(exc)}") from exc
+
+
+class LocalOutputs:
+    """Listens to the driver's events: status.json, metrics.jsonl and the progress line."""
+
+    def __init__(self, out_dir: str, stream: TextIO = sys.stderr) -> None:
+        self.out_dir = out_dir
+        self.metrics_path = os.path.join(out_dir, "metrics.jsonl")
+        self.status_path = os.path.join(out_dir, "status.json")
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_val = ""
+        self.started = time.monotonic()
+
+    def __call__(self, event: dict[str, Any], status: TrainingJobStatus) -> None:
+        kind = event.get("kind")
+        if kind == "started":
+            self._rewrite_log(event["epoch"], event.get("history") or [])
+            self._line(event.get("message") or "")
+        elif kind == "epoch":
+            record = {"epoch": event["epoch"], "step": event["step"], **event["metrics"],
+                      "samples_per_second": event.get("samples_per_second"), "epoch_seconds": event.get("epoch_seconds")}
+            with open(self.metrics_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            self.last_val = " ".join(f"{k} {v:.4f}" for k, v in event["metrics"].items() if k.startswith("val_"))
+            self._line(progress_line(status, event["metrics"].get("train_loss"), self.last_val, final=True))
+        elif kind == "step" and self.tty:
+            self._bar(progress_line(status, event.get("loss"), self.last_val, batch=(event["batch"], event["batches"])))
+        self.write_status(status)
+
+    def write_status(self, status: TrainingJobStatus) -> None:
+        text = json.dumps(status.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2)
+        write_bytes(self.status_path, text.encode())
+
+    def _rewrite_log(self, epoch: int, history: list[dict[str, Any]]) -> None:
+        """On (re)start: drop epochs past the checkpoint (they will be trained again) and fill in
+        epochs the checkpoint's history has but a killed driver never logged."""
+        kept = {int(r["epoch"]): r for r in read_jsonl(self.metrics_path) if r.get("epoch", 0) <= epoch}
+        for record in history:
+            kept.setdefault(int(record["epoch"]), {**record, "epoch": int(record["epoch"])})
+        lines = [json.dumps(kept[e]) + "\n" for e in sorted(kept)]
+        write_bytes(self.metrics_path, "".join(lines).encode())
+
+    def _bar(self, text: str) -> None:
+        self.stream.write("\r\x1b[K" + text)
+        self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        if text:
+            self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+            self.stream.flush()
+
+
+def progress_line(status: TrainingJobStatus, loss: Optional[float], val: str, *, batch: tuple[int, int] | None = None,
+                  final: bool = False) -> str:
+    p = status.progress
+    epoch = p.epoch if final else p.epoch + 1
+    width = 20
+    done = batch[0] / max(batch[1], 1) if batch else 1.0
+    bar = "#" * int(done * width) + "." * (width - int(done * width))
+    eta = f" ETA {p.eta_seconds:.0f}s" if p.eta_seconds is not None else ""
+    loss_text = f" loss {loss:.4f}" if loss is not None else ""
+    return f"epoch {epoch}/{p.total_epochs} [{bar}] step {p.step}{loss_text} {val}{eta}".rstrip()
+
+
+def _install_sigint(stop: threading.Event, stream: TextIO) -> Any:
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        stream.write("\nkiln: stopping after this epoch with a checkpoint (Ctrl-C again aborts)\n")
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: TextIO = sys.stderr) -> tuple[int, JobRunner]:
+    """Train `job` on a fresh local Ray cluster (or the one this process already has)."""
+    out_dir = os.path.join(out_root, job.name)
+    os.makedirs(out_dir, exist_ok=True)
+    pvc_root = os.environ.get("KILN_PVC_ROOT", DEFAULT_PVC_ROOT)
+    storage = job.spec.checkpoint.storage
+    checkpoint_dir = resolve_location(storage, pvc_root) if storage else os.path.join(out_dir, "checkpoints")
+    outputs = LocalOutputs(out_dir, stream)
+    # Ray's socket paths must stay under ~107 characters, so its temp dir lives directly in /tmp.
+    # KILN_RAY_TEMP_DIR lets a caller (a test) find and clean up this run's Ray processes.
+    ray_tmp = os.environ.get("KILN_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix="kiln-", dir="/tmp")
+    os.makedirs(ray_tmp, exist_ok=True)
+    options = DriverOptions(
+        checkpoint_dir=checkpoint_dir,
+        pvc_root=pvc_root,
+        model_path=os.path.join(out_dir, "model.pt"),
+        port=job.spec.metrics.port,
+        port_fallback=True,
+        ray_temp_dir=ray_tmp,
+        python_path=[manifest_dir],
+        listeners=[outputs],
+    )
+    runner = JobRunner(job, options)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = _install_sigint(options.stop_event, stream)
+    try:
+        code = runner.run()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    outputs.write_status(runner.status)
+    plot_curves(read_jsonl(outputs.metrics_path), os.path.join(out_dir, "curves.png"), title=job.name)
+    return code, runner
+
+
+def run_local_cli(file: str, output: str, workers: int | None) -> int:
+    """Entry point of `kiln run`."""
+    try:
+        job = load_manifest(file, workers)
+    except ValueError as exc:
+        print(f"kiln: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    code, runner = run_local(job, output, manifest_dir=os.path.dirname(os.path.abspath(file)))
+    status = runner.status
+    out_dir = os.path.join(output, job.name)
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(status.metrics.items()) if k.startswith("test_"))
+    print(f"kiln: {status.phase.value} ({status.reason}) after {status.progress.epoch} epochs"
+          + (f"; {summary}" if summary else "") + f"; results in {out_dir}", file=sys.stderr)
+    return code

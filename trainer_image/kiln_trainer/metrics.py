@@ -1,0 +1,158 @@
+"""The driver's Prometheus metrics and its HTTP endpoint (/metrics, /status, /healthz).
+
+Names and labels are a contract (docs/contracts.md): the Grafana dashboard and the alerts
+are written against them. Every series carries `job_name` and `job_namespace`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("kiln_trainer.metrics")
+
+JOB_LABELS = ("job_name", "job_namespace")
+EPOCH_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+class KilnMetrics:
+    """One job's training metrics in their own registry (no process-wide globals)."""
+
+    def __init__(self, job_name: str, job_namespace: str) -> None:
+        self.registry = CollectorRegistry()
+        self.labels = {"job_name": job_name, "job_namespace": job_namespace}
+
+        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, JOB_LABELS + extra, registry=self.registry)
+
+        self.train_loss = gauge("kiln_train_loss", "Mean training loss of the last epoch.")
+        self.validation_loss = gauge("kiln_validation_loss", "Validation loss of the last epoch (all workers).")
+        self.validation_metric = gauge("kiln_validation_metric", "Validation metrics of the last epoch.", ("metric",))
+        self.epoch = gauge("kiln_epoch", "Epochs completed.")
+        self.total_epochs = gauge("kiln_total_epochs", "Epochs requested.")
+        self.step = gauge("kiln_step_total", "Optimizer steps taken.")
+        self.samples_per_second = gauge("kiln_samples_per_second", "Training throughput of the last epoch, all workers.")
+        self.epoch_duration = Histogram(
+            "kiln_epoch_duration_seconds", "Wall time of each epoch.", JOB_LABELS, buckets=EPOCH_BUCKETS, registry=self.registry
+        )
+        self.checkpoint_duration = Histogram(
+            "kiln_checkpoint_duration_seconds",
+            "Time to write each checkpoint (off the training path).",
+            JOB_LABELS,
+            buckets=CHECKPOINT_BUCKETS,
+            registry=self.registry,
+        )
+        self.checkpoint_last = gauge("kiln_checkpoint_last_timestamp_seconds", "Unix time of the newest complete checkpoint.")
+        self.best_metric = gauge("kiln_best_metric", "Best value of checkpoint.metric so far.", ("metric",))
+        self.early_stopping_wait = gauge("kiln_early_stopping_wait", "Checks since the monitored metric last improved.")
+        self.gpu_utilization = gauge("kiln_gpu_utilization_ratio", "GPU utilisation of each worker (0..1).", ("worker",))
+        self.gpu_memory = gauge("kiln_gpu_memory_used_bytes", "GPU memory allocated by each worker.", ("worker",))
+
+    def _l(self, series: Any, **extra: str) -> Any:
+        return series.labels(**self.labels, **extra)
+
+    def on_start(self, total_epochs: int, epoch: int, step: int) -> None:
+        self._l(self.total_epochs).set(total_epochs)
+        self._l(self.epoch).set(epoch)
+        self._l(self.step).set(step)
+
+    def on_epoch(self, event: dict[str, Any]) -> None:
+        metrics: dict[str, float] = event.get("metrics", {})
+        self._l(self.epoch).set(event["epoch"])
+        self._l(self.step).set(event["step"])
+        if "train_loss" in metrics:
+            self._l(self.train_loss).set(metrics["train_loss"])
+        if "val_loss" in metrics:
+            self._l(self.validation_loss).set(metrics["val_loss"])
+        for name, value in metrics.items():
+            if name.startswith("val_") and name != "val_loss":
+                self._l(self.validation_metric, metric=name[len("val_") :]).set(value)
+        if event.get("samples_per_second") is not None:
+            self._l(self.samples_per_second).set(event["samples_per_second"])
+        if event.get("epoch_seconds") is not None:
+            self._l(self.epoch_duration).observe(event["epoch_seconds"])
+        stopping = event.get("early_stopping")
+        if stopping:
+            self._l(self.early_stopping_wait).set(stopping.get("wait", 0))
+        for worker, gpu in (event.get("gpu") or {}).items():
+            self._l(self.gpu_utilization, worker=str(worker)).set(gpu.get("utilization", 0.0))
+            self._l(self.gpu_memory, worker=str(worker)).set(gpu.get("memory_bytes", 0))
+
+    def on_checkpoint(self, event: dict[str, Any]) -> None:
+        self._l(self.checkpoint_duration).observe(event["seconds"])
+        self._l(self.checkpoint_last).set(event["unix_time"])
+        best = event.get("best")
+        if best:
+            self._l(self.best_metric, metric=best["metric"]).set(best["value"])
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """A tiny threaded HTTP server: /metrics (Prometheus), /status (JSON), /healthz."""
+
+    def __init__(self, metrics: KilnMetrics, status: Callable[[], dict[str, Any]], port: int, host: str = "0.0.0.0") -> None:
+        handler = _make_handler(metrics, status)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> MetricsServer:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="kiln-metrics", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _make_handler(metrics: KilnMetrics, status: Callable[[], dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, metrics.exposition())
+            elif path == "/status":
+                self._send(200, "application/json", json.dumps(status()).encode())
+            elif path == "/healthz":
+                self._send(200, "text/plain", b"ok\n")
+            else:
+                self._send(404, "text/plain", b"not found: try /metrics, /status or /healthz\n")
+
+        def _send(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature from http.server
+            log.debug("%s %s", self.address_string(), format % args)
+
+    return Handler
+
+
+def start_server(
+    metrics: KilnMetrics, status: Callable[[], dict[str, Any]], port: int, *, fallback: bool, host: str = "0.0.0.0"
+) -> MetricsServer:
+    """Serve on `port`; with `fallback` (local runs) a busy port falls back to a free one."""
+    try:
+        return MetricsServer(metrics, status, port, host=host).start()
+    except OSError as exc:
+        if not fallback:
+            raise
+        server = MetricsServer(metrics, status, 0, host="127.0.0.1").start()
+        log.warning("port %d is busy (%s); serving /metrics and /status on port %d instead", port, exc, server.port)
+        return server

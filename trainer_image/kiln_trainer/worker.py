@@ -1,0 +1,101 @@
+"""What a training worker knows about where it runs: rank, device, the driver's channel, paths."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from .storage import is_remote
+
+log = logging.getLogger("kiln_trainer.worker")
+STOP_QUERY_TIMEOUT_S = 30.0
+
+
+@dataclass
+class RunPaths:
+    """Resolved locations a worker reads and writes."""
+
+    checkpoint_dir: str
+    pvc_root: str
+    model_path: Optional[str] = None
+
+
+@dataclass
+class WorkerEnv:
+    """Rank, world size, device and the (optional) ProgressChannel actor of the driver."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    channel: Any = None
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Rank 0 sends an event to the driver without waiting for it to be received."""
+        if self.rank == 0 and self.channel is not None:
+            self.channel.push.remote(event)
+
+    def emit_any_rank(self, event: dict[str, Any]) -> None:
+        if self.channel is not None:
+            self.channel.push.remote(event)
+
+    def stop_requested(self) -> bool:
+        """Rank 0 asks the driver whether a stop was requested (one small round trip per epoch)."""
+        if self.rank != 0 or self.channel is None:
+            return False
+        import ray
+
+        try:
+            return bool(ray.get(self.channel.stop_requested.remote(), timeout=STOP_QUERY_TIMEOUT_S))
+        except ray.exceptions.RayActorError:
+            # The driver owns the channel: it is gone, so nobody will read what we train. Stop
+            # (with a checkpoint) rather than race a restarted driver for the checkpoint storage.
+            log.warning("the driver is gone; stopping after this epoch's checkpoint")
+            return True
+        except ray.exceptions.GetTimeoutError:
+            log.warning("the driver did not answer a stop query within %.0fs; training on", STOP_QUERY_TIMEOUT_S)
+            return False
+
+
+def ray_worker_env(channel: Any) -> WorkerEnv:
+    """The environment inside a Ray Train worker (the process group is already set up)."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return WorkerEnv(rank=context.get_world_rank(), world_size=context.get_world_size(), device=device, channel=channel)
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Write a file atomically (temp file + rename) locally, or through fsspec for URLs."""
+    if is_remote(location):
+        import fsspec
+
+        with fsspec.open(location, "wb") as handle:
+            handle.write(data)
+        return
+    directory = os.path.dirname(os.path.abspath(location))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, location)
+
+
+def gpu_stats(rank: int) -> dict[str, Any]:
+    """This worker's GPU utilisation and memory, when it has a GPU."""
+    if not torch.cuda.is_available():
+        return {}
+    stats: dict[str, Any] = {"memory_bytes": int(torch.cuda.memory_allocated())}
+    try:
+        stats["utilization"] = float(torch.cuda.utilization()) / 100.0
+    except Exception:  # noqa: BLE001 - needs pynvml; memory alone is still useful
+        stats["utilization"] = 0.0
+    return {str(rank): stats}
