@@ -7,13 +7,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import helm_python  # noqa: F401
 import pytest
 import yaml
 
 from tests.support.chart import prometheus_rule_spec
 from tests.support.prometheus import PROMTOOL, SKIP_REASON
 
-pytest.importorskip("helm_python")
 pytestmark = pytest.mark.skipif(PROMTOOL is None, reason=SKIP_REASON)
 
 JOB = {"job_name": "digits", "job_namespace": "ml", "instance": "10.0.0.5:8000", "job": "kiln-trainers"}

@@ -6,6 +6,7 @@ import copy
 import json
 from typing import Any
 
+import helm_python as helm_python
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -14,8 +15,6 @@ from openapi_schema_validator import OAS30Validator
 
 from tests.support.chart import ALL_ON, CHART_DIR, NAMESPACE, find, only, render_files, render_objects
 from tests.unit.chart.monitoring_schemas import SCHEMAS
-
-helm_python = pytest.importorskip("helm_python")
 
 KUBE_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 VALUE_SETS = {"defaults": {}, "all-toggles-on": ALL_ON, "cluster-wide-ha": {"replicas": 3, "crds": {"install": True}}}
@@ -126,7 +125,7 @@ def test_settings_reach_the_operator_as_kiln_env_vars() -> None:
 
 
 def test_env_var_names_are_settings_the_operator_reads() -> None:
-    settings = pytest.importorskip("kiln_operator.settings")
+    import kiln_operator.settings as settings
     known = {settings.ENV_PREFIX + f.upper() for f in settings.OperatorSettings.__dataclass_fields__}
     container = _container(render_objects(ALL_ON))
     kiln_vars = {e["name"] for e in container["env"] if e["name"].startswith("KILN_")}
@@ -212,7 +211,7 @@ def test_release_namespace_is_used_for_namespaced_objects() -> None:
 
 
 def test_pod_monitor_selects_the_head_pod_the_operator_builds_and_its_metrics_port() -> None:
-    render = pytest.importorskip("kiln_operator.render")
+    import kiln_operator.render as render
     from kiln_operator.settings import OperatorSettings
 
     manifest = yaml.safe_load((CHART_DIR.parents[1] / "examples" / "digits.yaml").read_text())
@@ -234,7 +233,7 @@ def test_kiln_operator_accepts_the_arguments_the_deployment_passes(tmp_path) -> 
     import sys
     from pathlib import Path
 
-    pytest.importorskip("kiln_operator.main")
+    import kiln_operator.main  # noqa: F401
     args = _container(render_objects({"replicas": 2}))["args"]
     kiln = Path(sys.executable).with_name("kiln")
     # A kubeconfig that does not exist: the operator must get past argument parsing and stop there.

@@ -15,11 +15,11 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+import kiln_operator.kube as kube_module
 import pytest
 
 from tests.support.chart import ROOT, find, render_objects
 
-kube_module = pytest.importorskip("kiln_operator.kube")
 OPERATOR_DIR = ROOT / "operator" / "kiln_operator"
 CLIENT_VERBS = {"get", "list", "create", "delete", "patch"}
 KOPF_CHANGE_DECORATORS = {"create", "update", "resume", "delete", "timer", "daemon"}

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import helm_python as helm_python
 import pytest
 import yaml
 
 from tests.support.chart import ALL_ON, CHART_DIR, load_chart
-
-helm_python = pytest.importorskip("helm_python")
 
 
 def test_defaults_and_every_toggle_on_are_valid() -> None:

@@ -1,0 +1,178 @@
+"""The kopf shell: one level-based `reconcile` behind every trigger.
+
+create, update (spec changes only), resume and a timer all call the same `reconcile`:
+observe -> `decide` -> apply. Pod events of the job's pods call it as well, directly, so that a
+finished or lost head is noticed at once rather than at the next timer tick (the timer is the
+safety net, pod events are the fast path; both are cheap and idempotent).
+
+kopf runs these synchronous handlers in its thread pool; a per-job lock keeps the timer, pod
+events and change handlers of one job from reconciling it at the same time.
+
+Waiting: change handlers raise `kopf.TemporaryError(delay=requeue_after)` only when the decision
+wants to be called back sooner than the timer would; otherwise the timer comes back anyway.
+Retrying change handlers forever would double the timer's work and churn kopf's annotations.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from .apply import apply_decision
+from .kube import ApiError, KubeClient
+from .metrics import OperatorMetrics
+from .observe import observe
+from .reconciler import Decision, decide
+from .settings import OperatorSettings
+
+GROUP, VERSION, PLURAL = "kiln.dev", "v1alpha1", "trainingjobs"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kiln-operator"}
+API_RETRY_SECONDS = 2.0
+log = logging.getLogger("kiln.operator")
+
+
+@dataclass
+class JobGate:
+    """Serialises the reconciles of one job and lets bursts of pod events share one queued reconcile."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    queued: bool = False
+
+    def claim_queue_slot(self) -> bool:
+        """True if the caller should reconcile; False if a queued reconcile will see its change anyway."""
+        with self.guard:
+            if self.queued:
+                return False
+            self.queued = True
+            return True
+
+    def release_queue_slot(self) -> None:
+        with self.guard:
+            self.queued = False
+
+
+@dataclass
+class Runtime:
+    """What every handler shares: settings, the API client, metrics, per-job gates."""
+
+    settings: OperatorSettings
+    kube: KubeClient
+    metrics: OperatorMetrics
+    _gates: dict[str, JobGate] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def gate_for(self, namespace: str, name: str) -> JobGate:
+        with self._guard:
+            return self._gates.setdefault(f"{namespace}/{name}", JobGate())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._guard:
+            self._gates.pop(f"{namespace}/{name}", None)
+        self.metrics.forget(namespace, name)
+
+
+def reconcile(runtime: Runtime, namespace: str, name: str) -> Decision | None:
+    """Bring one job one step closer to its spec; None when the job no longer exists."""
+    with runtime.gate_for(namespace, name).lock:
+        return _reconcile_locked(runtime, namespace, name)
+
+
+def _reconcile_locked(runtime: Runtime, namespace: str, name: str) -> Decision | None:
+    """Time and count one reconcile; the caller holds the job's lock."""
+    started = time.perf_counter()
+    try:
+        return _observe_decide_apply(runtime, namespace, name)
+    except ApiError as exc:
+        runtime.metrics.reconcile_errors.labels(reason=f"ApiError{exc.status}").inc()
+        raise
+    except Exception as exc:
+        runtime.metrics.reconcile_errors.labels(reason=type(exc).__name__).inc()
+        raise
+    finally:
+        runtime.metrics.reconcile_duration.observe(time.perf_counter() - started)
+
+
+def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decision | None:
+    try:
+        job = runtime.kube.get("TrainingJob", namespace, name)  # fresh: kopf's body may be stale
+    except ApiError as exc:
+        if exc.status == 404:
+            runtime.forget(namespace, name)
+            return None
+        raise
+    if job["metadata"].get("deletionTimestamp"):
+        return None  # going away: recreating children now would only feed the garbage collector
+    observation, token = observe(runtime.kube, job)
+    # Only a missing Secret gets a new token: a running cluster keeps the one it has.
+    decision = decide(job, observation, runtime.settings, token or secrets.token_urlsafe(32))
+    apply_decision(runtime.kube, job, decision, observation.now)
+    runtime.metrics.record_status(namespace, name, job.get("status") or {}, decision.status)
+    return decision
+
+
+def _run(runtime: Runtime, namespace: str, name: str, *, requeue: bool) -> None:
+    """reconcile, translated into kopf's retry vocabulary."""
+    try:
+        decision = reconcile(runtime, namespace, name)
+    except ApiError as exc:
+        # 409/500/unreachable: kopf retries; the operator itself never crashes on them.
+        delay = min(API_RETRY_SECONDS, runtime.settings.timer_interval_seconds)
+        raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=delay) from None
+    if decision is None:
+        return
+    if decision.permanent_error:
+        if requeue:  # change handlers: kopf records the failure and waits for the next spec change
+            raise kopf.PermanentError(decision.permanent_error)
+        return
+    wait = decision.requeue_after
+    if requeue and wait is not None and wait < runtime.settings.timer_interval_seconds:
+        raise kopf.TemporaryError("waiting", delay=max(wait, 0.1))
+
+
+def _owner_job(body: Any) -> str | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == "TrainingJob" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return str(ref.get("name"))
+    return None
+
+
+def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
+    """Attach every handler to `registry` (a fresh one per operator, so tests stay isolated)."""
+    resource = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, field="spec", registry=registry)
+    @kopf.on.resume(*resource, registry=registry)
+    def on_change(namespace: str, name: str, **_: Any) -> None:
+        _run(runtime, namespace, name, requeue=True)
+
+    @kopf.timer(*resource, interval=runtime.settings.timer_interval_seconds, registry=registry)
+    def on_timer(namespace: str, name: str, **_: Any) -> None:
+        _run(runtime, namespace, name, requeue=False)
+
+    @kopf.on.event("", "v1", "pods", labels=MANAGED_BY, registry=registry)
+    def on_pod_event(body: Any, namespace: str, **_: Any) -> None:
+        job_name = _owner_job(body)
+        if job_name is None:
+            return
+        gate = runtime.gate_for(namespace, job_name)
+        if not gate.claim_queue_slot():
+            return  # a reconcile is already waiting for the lock; it will read this change
+        try:
+            with gate.lock:
+                gate.release_queue_slot()  # from here on, newer events queue a new reconcile
+                _reconcile_locked(runtime, namespace, job_name)
+        except Exception as exc:  # event handlers are not retried: the timer is the safety net
+            log.warning("reconcile of %s/%s after a pod event failed: %s", namespace, job_name, exc)
+
+    @kopf.on.probe(id="trainingjobs", registry=registry)
+    def jobs_tracked(**_: Any) -> int:
+        # kopf answers /healthz only while its event loop runs; this adds what the operator tracks.
+        return runtime.metrics.jobs.count()

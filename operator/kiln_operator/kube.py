@@ -1,0 +1,130 @@
+"""A small synchronous Kubernetes REST client that speaks plain dicts.
+
+The official `kubernetes` package loads the credentials (kubeconfig, in-cluster token,
+exec plugins); requests go through urllib3 with those credentials. Plain dicts in and out
+keep the operator independent of the generated client's model classes, which change
+between releases.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+MERGE_PATCH = "application/merge-patch+json"
+
+# kind -> (apiVersion, plural) for everything the operator reads or writes.
+RESOURCES: dict[str, tuple[str, str]] = {
+    "Pod": ("v1", "pods"),
+    "Secret": ("v1", "secrets"),
+    "Service": ("v1", "services"),
+    "Event": ("v1", "events"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
+    "TrainingJob": ("kiln.dev/v1alpha1", "trainingjobs"),
+}
+
+
+class ApiError(Exception):
+    """The API server answered with an error status (or could not be reached: status 0)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def load_configuration(kubeconfig: str | None = None) -> k8s_client.Configuration:
+    """Credentials from `kubeconfig`, else the in-cluster service account, else the default kubeconfig."""
+    configuration = k8s_client.Configuration()
+    if kubeconfig:
+        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        return configuration
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+def resource_path(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+    api_version, plural = RESOURCES[kind]
+    root = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = root + (f"/namespaces/{quote(namespace)}" if namespace else "") + f"/{plural}"
+    if name:
+        path += f"/{quote(name)}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+@dataclass
+class KubeClient:
+    """JSON over HTTP to one API server; safe to share between threads."""
+
+    configuration: k8s_client.Configuration
+    timeout_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        cfg = self.configuration
+        kwargs: dict[str, Any] = {"maxsize": 8, "timeout": urllib3.Timeout(total=self.timeout_seconds), "retries": False}
+        if cfg.host.startswith("https"):
+            kwargs.update(
+                cert_reqs="CERT_REQUIRED" if cfg.verify_ssl else "CERT_NONE",
+                ca_certs=cfg.ssl_ca_cert,
+                cert_file=cfg.cert_file,
+                key_file=cfg.key_file,
+            )
+        self._pool = urllib3.PoolManager(**kwargs)
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        token = self.configuration.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        return headers
+
+    def request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
+                content_type: str | None = None) -> dict[str, Any]:
+        url = self.configuration.host.rstrip("/") + path + (f"?{urlencode(params)}" if params else "")
+        data = json.dumps(body).encode() if body is not None else None
+        if data is not None and content_type is None:
+            content_type = "application/json"
+        try:
+            response = self._pool.request(method, url, body=data, headers=self._headers(content_type))
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApiError(0, "Unreachable", f"{method} {path}: {exc}") from None
+        try:
+            payload = json.loads(response.data or b"{}")
+        except ValueError:
+            payload = {"message": response.data[:200].decode(errors="replace")}
+        if response.status >= 400:
+            raise ApiError(response.status, str(payload.get("reason") or "Error"), str(payload.get("message") or ""))
+        return payload
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
+        return self.request("GET", resource_path(kind, namespace, name))
+
+    def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        return list(self.request("GET", resource_path(kind, namespace), params=params).get("items") or [])
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        namespace = obj.get("metadata", {}).get("namespace")
+        return self.request("POST", resource_path(obj["kind"], namespace), body=obj)
+
+    def delete(self, kind: str, namespace: str | None, name: str, propagation: str = "Background") -> dict[str, Any]:
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        return self.request("DELETE", resource_path(kind, namespace, name), body=body)
+
+    def patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any],
+              subresource: str | None = None) -> dict[str, Any]:
+        return self.request("PATCH", resource_path(kind, namespace, name, subresource), body=patch, content_type=MERGE_PATCH)

@@ -1,0 +1,180 @@
+"""`kiln operator`: flags and environment -> settings -> kopf, metrics and health endpoints.
+
+Settings come from `KILN_*` environment variables (`OperatorSettings.from_env`); flags given
+on the command line override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s_client
+
+from .handlers import MANAGED_BY, Runtime, register
+from .kube import KubeClient, load_configuration
+from .metrics import OperatorMetrics
+from .settings import OperatorSettings, SettingsError, parse_setting
+
+log = logging.getLogger("kiln.operator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln operator", description="Run the Kiln operator (kopf) against a cluster.")
+    parser.add_argument("--namespace", action="append", default=None, help="namespace to watch (repeatable; none = cluster-wide)")
+    parser.add_argument("--trainer-image", help="default trainer image for jobs without spec.image")
+    parser.add_argument("--timer-interval", help="seconds between periodic reconciles of each job")
+    parser.add_argument("--metrics-port", help="port of the operator's /metrics (default 8080)")
+    parser.add_argument("--health-port", help="port of the liveness endpoint /healthz (default 8081)")
+    parser.add_argument("--default-checkpoint-storage", help="pvc:// or s3:// URL for jobs without checkpoint.storage")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--peering", metavar="NAME", help="kopf peering object for HA (default: standalone)")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority; the highest-priority replica works, the others stand by "
+                             "(default with --peering: random, so that replicas never tie)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+FLAG_SETTINGS = {
+    "trainer_image": "trainer_image",
+    "timer_interval": "timer_interval_seconds",
+    "metrics_port": "metrics_port",
+    "health_port": "health_port",
+    "default_checkpoint_storage": "default_checkpoint_storage",
+}
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> OperatorSettings:
+    """Environment first, flags on top; raises SettingsError naming the flag or variable."""
+    settings = OperatorSettings.from_env(environ)
+    changes: dict[str, Any] = {}
+    for flag, name in FLAG_SETTINGS.items():
+        raw = getattr(args, flag)
+        if raw is not None:
+            changes[name] = parse_setting(name, str(raw), "--" + flag.replace("_", "-"))
+    if args.namespace:
+        changes["namespaces"] = tuple(dict.fromkeys(ns.strip() for ns in args.namespace if ns.strip()))
+    return dataclasses.replace(settings, **changes)
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    config = kopf.OperatorSettings()
+    # kopf's bookkeeping goes to annotations: status belongs to Kiln alone.
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiln.dev")
+    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kiln.dev", key="last-handled-configuration")
+    config.persistence.finalizer = "kiln.dev/operator"
+    # Namespaces are given exactly; no cluster-wide discovery (and no RBAC for it) is needed.
+    config.scanning.disabled = True
+    config.posting.level = logging.WARNING
+    config.watching.server_timeout = 300
+    config.watching.client_timeout = 330
+    config.networking.request_timeout = 30
+    # Per-object workers exit after 1 s idle instead of 5 s: shutdown (and HA hand-over) waits for them.
+    queueing = getattr(config, "queueing", None) or config.batching  # renamed in kopf 1.40
+    queueing.idle_timeout = 1.0
+    # Deleting a job waits for its timer to exit; a timer caught mid-reconcile is re-checked after
+    # this many seconds (kopf's default, 60 s, would hold the job's finalizer that long).
+    config.background.cancellation_polling = 1.0
+    # The pods' watch carries only Kiln's pods, not every pod of the cluster.
+    config.watching.label_selectors["", "v1", "pods"] = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+    return config
+
+
+def connection_info(configuration: k8s_client.Configuration) -> kopf.ConnectionInfo:
+    """The same credentials the REST client uses, in kopf's form."""
+    token = configuration.get_api_key_with_prefix("authorization") or ""
+    scheme, _, value = token.partition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or None,
+        token=value or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+def build_registry(runtime: Runtime, kubeconfig: str | None) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    register(registry, runtime)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # Reloaded on every login, so rotated service-account tokens are picked up.
+        return connection_info(load_configuration(kubeconfig))
+
+    return registry
+
+
+async def serve(settings: OperatorSettings, kubeconfig: str | None, *, peering: str | None = None,
+                priority: int | None = None, stop_flag: Any = None, ready_flag: Any = None, metrics: OperatorMetrics | None = None,
+                liveness: bool = True) -> None:
+    """Run the operator until `stop_flag` is set (used by `kiln operator` and the tests)."""
+    runtime = Runtime(settings=settings, kube=KubeClient(load_configuration(kubeconfig)), metrics=metrics or OperatorMetrics())
+    namespaces = list(settings.namespaces)
+    config = kopf_settings(settings)
+    try:
+        await _run_kopf(runtime, config, kubeconfig, namespaces, (peering, priority), stop_flag, ready_flag, liveness)
+    finally:
+        # Each kopf settings object brings its own thread pool; release it with the operator.
+        config.execution.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _run_kopf(runtime: Runtime, config: kopf.OperatorSettings, kubeconfig: str | None, namespaces: list[str],
+                    peering_and_priority: tuple[str | None, int | None], stop_flag: Any, ready_flag: Any,
+                    liveness: bool) -> None:
+    settings = runtime.settings
+    peering, priority = peering_and_priority
+    if peering is not None and priority is None:
+        # kopf pauses every peer whose priority equals its own, so identical replicas would all
+        # stand by; a random priority elects one active replica and leaves the rest as standbys.
+        priority = random.SystemRandom().randint(1, 2**31 - 1)
+    await kopf.operator(
+        registry=build_registry(runtime, kubeconfig),
+        settings=config,
+        standalone=peering is None,
+        peering_name=peering,
+        priority=priority,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if liveness else None,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+def run_operator(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from(args, dict(os.environ))
+        load_configuration(args.kubeconfig)  # fail early, with a message, on bad credentials
+    except SettingsError as exc:
+        print(f"kiln operator: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"kiln operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
+        return 2
+    metrics = OperatorMetrics()
+    port = metrics.serve(settings.metrics_port)
+    log.info("metrics on :%d/metrics, liveness on :%d/healthz", port, settings.health_port)
+    try:
+        # No stop flag: kopf itself turns SIGTERM/SIGINT into a graceful stop in the main thread
+        # (a threading.Event flag would keep a thread of the default executor waiting forever).
+        asyncio.run(serve(settings, args.kubeconfig, peering=args.peering, priority=args.priority, metrics=metrics))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        metrics.close()
+    return 0

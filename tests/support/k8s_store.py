@@ -1,0 +1,315 @@
+"""In-memory objects with the API server's write semantics, for `k8s_emulator`.
+
+Synchronous and free of HTTP: the emulator's request handlers call it on their event loop,
+one request at a time, so no change is ever seen half-applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from kiln_api.validation import validate_object
+
+from tests.support.k8s_semantics import (
+    ResourcePath,
+    apply_patch,
+    field_matcher,
+    label_matcher,
+    spec_part,
+    status_object,
+)
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    namespaced: bool = True
+    status_subresource: bool = False
+
+
+# Resources served; the key is `group/version/plural` (`version/plural` for the core group).
+BUILTIN_KINDS: dict[str, Kind] = {
+    "v1/namespaces": Kind("Namespace", namespaced=False, status_subresource=True),
+    "v1/pods": Kind("Pod", status_subresource=True),
+    "v1/services": Kind("Service", status_subresource=True),
+    "v1/secrets": Kind("Secret"),
+    "v1/configmaps": Kind("ConfigMap"),
+    "v1/events": Kind("Event"),
+    "v1/serviceaccounts": Kind("ServiceAccount"),
+    "v1/persistentvolumeclaims": Kind("PersistentVolumeClaim", status_subresource=True),
+    "events.k8s.io/v1/events": Kind("Event"),
+    "networking.k8s.io/v1/networkpolicies": Kind("NetworkPolicy"),
+    "coordination.k8s.io/v1/leases": Kind("Lease"),
+    "kopf.dev/v1/kopfpeerings": Kind("KopfPeering"),
+    "kopf.dev/v1/clusterkopfpeerings": Kind("ClusterKopfPeering", namespaced=False),
+    "kiln.dev/v1alpha1/trainingjobs": Kind("TrainingJob", status_subresource=True),
+}
+TRAININGJOBS = "kiln.dev/v1alpha1/trainingjobs"
+WATCH_HISTORY = 10_000
+
+
+class ApiError(Exception):
+    """Answered as a `metav1.Status` with this code."""
+
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.body = status_object(code, reason, message, details)
+        self.code = code
+
+
+def _encode_string_data(obj: dict[str, Any]) -> None:
+    """Secrets store `stringData` base64-encoded under `data`, as the API server does."""
+    if obj.get("kind") == "Secret" and isinstance(obj.get("stringData"), dict):
+        data = obj.setdefault("data", {})
+        for key, value in obj.pop("stringData").items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class ObjectStore:
+    """Every stored object by (resource key, namespace, name), plus the change history watches replay."""
+
+    def __init__(self, crd: dict[str, Any], kinds: dict[str, Kind]) -> None:
+        self.crd = crd
+        self.kinds = kinds
+        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.listeners: set[Listener] = set()
+        self.strict_fields = False  # set per request from ?fieldValidation=Strict
+        self._rv = 1
+        self._history: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=WATCH_HISTORY)
+        self._ips: set[str] = set()
+        for namespace in ("default", "kube-system"):
+            self.create(ResourcePath("", "v1", "namespaces"), {"metadata": {"name": namespace}})
+
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def history_after(self, since: int, path_key: str) -> list[dict[str, Any]] | None:
+        """Events of one resource after `since`; None when `since` is older than the history kept."""
+        if self._history and since < self._history[0][0] - 1:
+            return None
+        return [event for rv, key, event in self._history if rv > since and key == path_key]
+
+    def _key(self, path: ResourcePath, name: str | None = None) -> tuple[str, str | None, str]:
+        namespace = path.namespace if self.kinds[path.key].namespaced else None
+        return (path.key, namespace, name or path.name or "")
+
+    def get(self, path: ResourcePath) -> dict[str, Any]:
+        obj = self.objects.get(self._key(path))
+        if obj is None:
+            raise ApiError(404, "NotFound", f'{path.plural} "{path.name}" not found',
+                           {"name": path.name, "group": path.group, "kind": path.plural})
+        return obj
+
+    def matcher(self, path: ResourcePath, params: dict[str, str]) -> Callable[[tuple[Any, ...], dict[str, Any]], bool]:
+        labels = label_matcher(params.get("labelSelector"))
+        fields = field_matcher(params.get("fieldSelector"))
+
+        def matches(key: tuple[Any, ...], obj: dict[str, Any]) -> bool:
+            if key[0] != path.key or (path.namespace is not None and key[1] != path.namespace):
+                return False
+            if path.name is not None and key[2] != path.name:
+                return False
+            return labels(obj.get("metadata", {}).get("labels")) and fields(obj)
+
+        return matches
+
+    def list_objects(self, path: ResourcePath, params: dict[str, str]) -> dict[str, Any]:
+        matches = self.matcher(path, params)
+        items = [obj for key, obj in sorted(self.objects.items(), key=lambda kv: str(kv[0])) if matches(key, obj)]
+        kind = self.kinds[path.key].kind
+        api_version = f"{path.group}/{path.version}" if path.group else path.version
+        return {"apiVersion": api_version, "kind": f"{kind}List",
+                "metadata": {"resourceVersion": str(self._rv)}, "items": items}
+
+    def _bump(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def _notify(self, path_key: str, event_type: str, obj: dict[str, Any]) -> None:
+        event = {"type": event_type, "object": copy.deepcopy(obj)}
+        rv = int(obj["metadata"]["resourceVersion"])
+        self._history.append((rv, path_key, event))
+        for listener in list(self.listeners):
+            listener(path_key, event)
+
+    def _validate(self, path: ResourcePath, obj: dict[str, Any]) -> dict[str, Any]:
+        if path.key != TRAININGJOBS:
+            return obj
+        result = validate_object(obj, self.crd)
+        name = obj.get("metadata", {}).get("name") or obj.get("metadata", {}).get("generateName", "")
+        errors = self._reportable(result.errors)
+        if errors:
+            causes = [{"reason": "FieldValueInvalid", "message": e.reason, "field": e.path} for e in errors]
+            message = f'TrainingJob.kiln.dev "{name}" is invalid: ' + ", ".join(str(e) for e in errors)
+            raise ApiError(422, "Invalid", message, {"name": name, "group": "kiln.dev", "kind": "TrainingJob", "causes": causes})
+        validated = copy.deepcopy(obj)
+        validated["spec"] = result.obj.get("spec", {})  # with the CRD's defaults applied
+        return validated
+
+    def _reportable(self, errors: list[Any]) -> list[Any]:
+        # Unknown fields are pruned silently unless the client asked for ?fieldValidation=Strict.
+        return [e for e in errors if self.strict_fields or not e.reason.startswith("unknown field")]
+
+    def _validate_status(self, path: ResourcePath, obj: dict[str, Any]) -> dict[str, Any]:
+        """Status writes are checked and pruned against the schema too: unknown status fields vanish."""
+        if path.key != TRAININGJOBS:
+            return obj
+        result = validate_object(obj, self.crd)
+        errors = [e for e in self._reportable(result.errors) if e.path.startswith("status")]
+        if errors:
+            name = obj["metadata"]["name"]
+            causes = [{"reason": "FieldValueInvalid", "message": e.reason, "field": e.path} for e in errors]
+            message = f'TrainingJob.kiln.dev "{name}" is invalid: ' + ", ".join(str(e) for e in errors)
+            raise ApiError(422, "Invalid", message, {"name": name, "group": "kiln.dev", "kind": "TrainingJob", "causes": causes})
+        obj["status"] = result.obj.get("status", {})
+        return obj
+
+    def create(self, path: ResourcePath, body: dict[str, Any]) -> dict[str, Any]:
+        kind = self.kinds[path.key]
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        if not meta.get("name"):
+            raise ApiError(422, "Invalid", f"{kind.kind} is invalid: metadata.name: Required value: name or generateName is required")
+        if kind.namespaced:
+            meta["namespace"] = path.namespace or meta.get("namespace") or "default"
+        else:
+            meta.pop("namespace", None)
+        obj.setdefault("apiVersion", f"{path.group}/{path.version}" if path.group else path.version)
+        obj.setdefault("kind", kind.kind)
+        key = (path.key, meta.get("namespace"), meta["name"])
+        if key in self.objects:
+            raise ApiError(409, "AlreadyExists", f'{path.plural} "{meta["name"]}" already exists',
+                           {"name": meta["name"], "group": path.group, "kind": path.plural})
+        obj = self._validate(path, obj)
+        meta = obj["metadata"]
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1, resourceVersion=self._bump())
+        meta.pop("deletionTimestamp", None)
+        if kind.status_subresource:
+            obj["status"] = {"phase": "Pending"} if kind.kind == "Pod" else {}
+        if kind.kind == "Service":
+            self._allocate_cluster_ip(obj)
+        _encode_string_data(obj)
+        self.objects[key] = obj
+        self._notify(path.key, "ADDED", obj)
+        # The garbage collector runs continuously: a child created for an owner that is gone goes at once.
+        self._collect_garbage()
+        return obj
+
+    def _allocate_cluster_ip(self, service: dict[str, Any]) -> None:
+        spec = service.setdefault("spec", {})
+        spec.setdefault("type", "ClusterIP")
+        if spec.get("clusterIP") in ("None",):
+            return
+        for n in range(1, 65535):
+            ip = f"127.1.{n // 256}.{n % 256}"
+            if n % 256 not in (0, 255) and ip not in self._ips:
+                self._ips.add(ip)
+                spec["clusterIP"] = ip
+                spec["clusterIPs"] = [ip]
+                return
+        raise ApiError(500, "InternalError", "the 127.1.0.0/16 service range is exhausted")
+
+    def write(self, path: ResourcePath, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """Replace an object with `change(old)`, keeping server-owned fields and the other half of status/spec."""
+        key, kind = self._key(path), self.kinds[path.key]
+        old = self.get(path)
+        new = change(copy.deepcopy(old))
+        if not isinstance(new, dict):
+            raise ApiError(400, "BadRequest", "the result must be a JSON object")
+        sent_rv = (new.get("metadata") or {}).get("resourceVersion")
+        if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {path.plural} "{path.name}": '
+                           "the object has been modified; please apply your changes to the latest version and try again")
+        if path.subresource is not None and (path.subresource != "status" or not kind.status_subresource):
+            raise ApiError(404, "NotFound", f"subresource {path.subresource} is not served for {path.plural}")
+        if path.subresource == "status":
+            merged = copy.deepcopy(old)
+            merged["status"] = new.get("status", {})
+            new = self._validate_status(path, merged)
+        else:
+            if kind.status_subresource:
+                new["status"] = copy.deepcopy(old.get("status", {}))
+            new = self._validate(path, new)
+            _encode_string_data(new)
+        self._keep_server_fields(old, new, spec_changed=spec_part(old) != spec_part(new))
+        if new == old:
+            return old  # a no-op write changes nothing, as on a real server
+        new["metadata"]["resourceVersion"] = self._bump()
+        self.objects[key] = new
+        self._notify(path.key, "MODIFIED", new)
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            self._remove(path, new, orphan=False)
+        return new
+
+    @staticmethod
+    def _keep_server_fields(old: dict[str, Any], new: dict[str, Any], spec_changed: bool) -> None:
+        meta, old_meta = new.setdefault("metadata", {}), old["metadata"]
+        for name in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "resourceVersion"):
+            if name in old_meta:
+                meta[name] = old_meta[name]
+            else:
+                meta.pop(name, None)
+        meta["generation"] = old_meta.get("generation", 1) + (1 if spec_changed else 0)
+        new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+
+    def patch(self, path: ResourcePath, patch: Any, content_type: str) -> dict[str, Any]:
+        if "apply-patch" in content_type:
+            raise ApiError(415, "UnsupportedMediaType", "server-side apply is not emulated")
+
+        def change(old: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return apply_patch(old, patch, content_type)
+            except ValueError as exc:
+                raise ApiError(400, "BadRequest", f"{exc} (Content-Type {content_type})") from None
+
+        return self.write(path, change)
+
+    def delete(self, path: ResourcePath, options: dict[str, Any]) -> dict[str, Any]:
+        obj = self.get(path)
+        orphan = options.get("propagationPolicy") == "Orphan" or options.get("orphanDependents") is True
+        if obj["metadata"].get("finalizers"):
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj = copy.deepcopy(obj)
+                obj["metadata"]["deletionTimestamp"] = _now()
+                obj["metadata"]["resourceVersion"] = self._bump()
+                self.objects[self._key(path)] = obj
+                self._notify(path.key, "MODIFIED", obj)
+            return obj
+        return self._remove(path, obj, orphan)
+
+    def _remove(self, path: ResourcePath, obj: dict[str, Any], orphan: bool) -> dict[str, Any]:
+        self.objects.pop(self._key(path, obj["metadata"]["name"]), None)
+        gone = copy.deepcopy(obj)
+        gone["metadata"]["resourceVersion"] = self._bump()
+        self._notify(path.key, "DELETED", gone)
+        if not orphan:
+            self._collect_garbage()
+        return gone
+
+    def _collect_garbage(self) -> None:
+        """Delete dependents none of whose owners exist any more (background propagation)."""
+        alive = {obj["metadata"]["uid"] for obj in self.objects.values()}
+        for (key, namespace, name), obj in list(self.objects.items()):
+            owners = [ref.get("uid") for ref in obj["metadata"].get("ownerReferences") or []]
+            if owners and not any(uid in alive for uid in owners) and (key, namespace, name) in self.objects:
+                group_version, plural = key.rsplit("/", 1)
+                group, _, version = group_version.rpartition("/")
+                self.delete(ResourcePath(group, version, plural, namespace, name), {})
+
