@@ -21,8 +21,8 @@ from .manifests import Document, load_file, parse_documents
 from .validation import crd_schema, validate_object
 
 
-def check_manifest(obj: dict[str, Any]) -> tuple[list[FieldError], str | None]:
-    """All problems of one manifest, and its name when it is valid."""
+def check_manifest(obj: dict[str, Any]) -> tuple[list[FieldError], TrainingJob | None]:
+    """All problems of one manifest, or the job as the operator reads it (defaults applied)."""
     result = validate_object(obj)
     if not result.ok:
         return result.errors, None
@@ -30,7 +30,7 @@ def check_manifest(obj: dict[str, Any]) -> tuple[list[FieldError], str | None]:
         job = TrainingJob.model_validate(result.obj)
     except ValidationError as exc:
         return pydantic_errors(exc, crd_schema()), None
-    return [], job.name
+    return [], job
 
 
 def _label(path: str, document: Document, count: int) -> str:
@@ -47,12 +47,12 @@ def report_lines(path: str, documents: Sequence[Document]) -> tuple[list[str], b
             lines.append(f"{label}: {document.error}")
             ok = False
             continue
-        errors, name = check_manifest(document.obj)
-        if errors:
+        errors, job = check_manifest(document.obj)
+        if job is None:
             lines.extend(f"{label}: {error}" for error in errors)
             ok = False
         else:
-            lines.append(f"OK {name} ({label})")
+            lines.append(f"OK {job.name} ({label})")
     return lines, ok
 
 

@@ -17,12 +17,11 @@ import secrets
 import sys
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import IO, Any
+from typing import IO
 
 import yaml
 from kiln_api import TrainingJob
-from kiln_api.errors import pydantic_errors
-from pydantic import ValidationError
+from kiln_api.loading import ManifestError, load_jobs
 
 from .objects import PLACEHOLDER_UID, build_all, cluster_problem
 from .settings import OperatorSettings, SettingsError
@@ -34,35 +33,18 @@ class RenderError(Exception):
     """A problem to print for the user, one line per field."""
 
 
-def _documents(path: str) -> list[Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
-    except OSError as exc:
-        raise RenderError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise RenderError(f"{path}: not valid YAML: {exc}") from None
-
-
-def _job(document: Any, where: str) -> TrainingJob:
-    if not isinstance(document, dict):
-        raise RenderError(f"{where}: expected a TrainingJob mapping, got {type(document).__name__}")
-    body = {k: v for k, v in document.items() if k != "status"}
-    try:
-        job = TrainingJob.model_validate(body)
-    except ValidationError as exc:
-        raise RenderError("\n".join(f"{where}: {error}" for error in pydantic_errors(exc))) from None
+def _with_placeholder_uid(job: TrainingJob) -> TrainingJob:
     metadata = job.metadata.model_copy(update={"uid": PLACEHOLDER_UID, "namespace": job.namespace})
     return job.model_copy(update={"metadata": metadata})
 
 
-def render_objects(documents: list[Any], settings: OperatorSettings, token: str, where: str) -> tuple[list[dict], list[str]]:
-    """(objects for every job, notes for the user); raises RenderError on a bad job."""
+def render_objects(jobs: list[TrainingJob], settings: OperatorSettings, token: str, where: str) -> tuple[list[dict], list[str]]:
+    """(objects for every job, notes for the user); raises RenderError on a job the operator refuses."""
     objects: list[dict] = []
     notes: list[str] = []
-    for index, document in enumerate(documents):
-        label = where if len(documents) == 1 else f"{where}[{index}]"
-        job = _job(document, label)
+    for index, loaded in enumerate(jobs):
+        label = where if len(jobs) == 1 else f"{where}[{index}]"
+        job = _with_placeholder_uid(loaded)
         job_settings = settings
         if not job.spec.checkpoint.storage and not settings.default_checkpoint_storage:
             job_settings = replace(settings, default_checkpoint_storage=RENDER_DEFAULT_STORAGE)
@@ -78,11 +60,8 @@ def render_cli(file: str, out: IO[str], environ: Mapping[str, str] | None = None
     err = err or sys.stderr
     try:
         settings = OperatorSettings.from_env(os.environ if environ is None else environ)
-        documents = _documents(file)
-        if not documents:
-            raise RenderError(f"{file}: no TrainingJob in the file")
-        objects, notes = render_objects(documents, settings, secrets.token_urlsafe(32), file)
-    except (RenderError, SettingsError) as exc:
+        objects, notes = render_objects(load_jobs(file), settings, secrets.token_urlsafe(32), file)
+    except (RenderError, SettingsError, ManifestError) as exc:
         err.writelines(f"kiln render: {line}\n" for line in str(exc).splitlines())
         return 1
     for note in notes:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from kiln_api import TrainingJob
+from kiln_api.errors import pydantic_errors
 from kiln_api.status import Phase, TrainingJobStatus, WorkersStatus
 from pydantic import ValidationError
 
@@ -331,11 +332,7 @@ def load_job_from_env(environ: dict[str, str]) -> TrainingJob:
 
 
 def validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
+    return "; ".join(str(error) for error in pydantic_errors(exc))
 
 
 def default_termination_path() -> Optional[str]:

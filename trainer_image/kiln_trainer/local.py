@@ -18,38 +18,31 @@ import threading
 import time
 from typing import Any, Optional, TextIO
 
-import yaml
 from kiln_api import TrainingJob
+from kiln_api.loading import load_jobs
 from kiln_api.status import TrainingJobStatus
-from pydantic import ValidationError
 
 from .curves import plot_curves, read_jsonl
-from .driver import EXIT_INVALID, DriverOptions, JobRunner, validation_message
+from .driver import EXIT_INVALID, DriverOptions, JobRunner
 from .storage import DEFAULT_PVC_ROOT, resolve_location
 from .worker import write_bytes
 
 
 def load_manifest(file: str, workers: Optional[int]) -> TrainingJob:
-    """Read and validate a manifest; raise ValueError with a field-named message."""
-    try:
-        with open(file) as handle:
-            docs = [d for d in yaml.safe_load_all(handle) if d]
-    except OSError as exc:
-        raise ValueError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{file}: not valid YAML: {exc}") from exc
-    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "TrainingJob"]
+    """Read and validate a manifest as `kiln validate` does; ValueError names file, field and reason."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers: must be at least 1, got {workers}")
+
+    def override_workers(manifest: dict[str, Any]) -> None:
+        if workers is not None:
+            spec = manifest.setdefault("spec", {})
+            if isinstance(spec, dict):
+                spec.setdefault("workers", {})["replicas"] = workers
+
+    jobs = load_jobs(file, adjust=override_workers)
     if len(jobs) != 1:
         raise ValueError(f"{file}: expected exactly one TrainingJob document, found {len(jobs)}")
-    manifest = jobs[0]
-    if workers is not None:
-        if workers < 1:
-            raise ValueError(f"--workers: must be at least 1, got {workers}")
-        manifest.setdefault("spec", {}).setdefault("workers", {})["replicas"] = workers
-    try:
-        return TrainingJob.model_validate(manifest)
-    except ValidationError as exc:
-        raise ValueError(f"{file}: {validation_message(exc)}") from exc
+    return jobs[0]
 
 
 class LocalOutputs:

@@ -141,7 +141,7 @@ def test_manifest_errors_name_the_field(tmp_path):
     assert load_manifest(str(good), 3).spec.workers.replicas == 3
     with pytest.raises(ValueError, match="--workers"):
         load_manifest(str(good), 0)
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="missing.yaml: no such file"):
         load_manifest(str(tmp_path / "missing.yaml"), None)
 
 

@@ -80,6 +80,6 @@ def test_local_checkpoint_path_is_refused_with_the_reason(tmp_path: Path):
 
 def test_missing_file_and_bad_settings_are_one_line_errors(tmp_path: Path):
     missing = _run(str(tmp_path / "nope.yaml"))
-    assert missing.returncode == 1 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 1 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
     settings = _run("examples/digits.yaml", env={"KILN_METRICS_PORT": "x"})
     assert settings.returncode == 1 and "KILN_METRICS_PORT" in settings.stderr
