@@ -20,15 +20,22 @@ from torch.utils.data import Dataset
 CLASSIFICATION = "classification"
 
 
-def batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(dataset: Dataset, indices: Sequence[int], batch_size: int,
+            skip_single_tail: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) batches for `indices`. In-memory datasets without a transform are sliced
-    in one indexing operation instead of collating samples one by one (much faster on CPU)."""
+    in one indexing operation instead of collating samples one by one (much faster on CPU).
+
+    `skip_single_tail` drops a last batch of one sample: batch norm cannot train on it. Every
+    rank holds the same number of indices (DistributedSampler pads), so all ranks drop it alike
+    and DDP's collectives stay matched."""
     x_all = getattr(dataset, "x", None)
     y_all = getattr(dataset, "y", None)
     direct = x_all is not None and y_all is not None and getattr(dataset, "transform", None) is None
     index = torch.as_tensor(list(indices), dtype=torch.long)
     for start in range(0, len(index), batch_size):
         chunk = index[start : start + batch_size]
+        if skip_single_tail and len(chunk) == 1 and len(index) > 1:
+            return
         if direct:
             yield x_all[chunk], y_all[chunk]
         else:

@@ -141,7 +141,7 @@ class Trainer:
         indices = list(iter(self.sampler))
         total_batches = math.ceil(len(indices) / self.batch_size)
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(batches(self.data.train, indices, self.batch_size)):
+        for i, (x, y) in enumerate(batches(self.data.train, indices, self.batch_size, skip_single_tail=True)):
             x, y = x.to(self.env.device, non_blocking=True), y.to(self.env.device, non_blocking=True)
             boundary = (i + 1) % accumulation == 0 or i + 1 == total_batches
             sync = contextlib.nullcontext() if boundary or not isinstance(self.ddp, DistributedDataParallel) else self.ddp.no_sync()

@@ -136,3 +136,11 @@ def test_restore_best_weights_ends_with_the_best_checkpoint(tmp_path):
     best = store.load_state(store.best())["model"]
     final = torch.load(paths.model_path, weights_only=True)
     assert all(torch.equal(final[k], best[k]) for k in best)
+
+
+def test_batch_norm_survives_a_last_batch_of_one_sample(tmp_path):
+    # digits' training split has 1257 rows: with batches of 8 the last one holds a single sample,
+    # on which batch norm cannot compute training statistics.
+    changes = {"hyperparameters": {"epochs": 1, "batchSize": 8}, "model": {"batchNorm": True}}
+    result, paths = train(tmp_path, "tail", changes)
+    assert_trained(result, paths)

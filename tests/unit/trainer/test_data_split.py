@@ -65,3 +65,15 @@ def test_load_data_split_depends_only_on_the_split_seed() -> None:
 def test_no_validation_split_gives_none() -> None:
     bundle = load_data(DataSpec(source="builtin:iris", split={"train": 0.8, "validation": 0.0, "test": 0.2}))
     assert bundle.validation is None and len(bundle.test) == 30 and len(bundle.train) == 120
+
+
+def test_training_batches_drop_only_a_single_sample_tail() -> None:
+    import torch
+    from kiln_trainer.evaluation import batches
+
+    dataset = torch.utils.data.TensorDataset(torch.arange(9.0), torch.arange(9))
+    dataset.x, dataset.y = dataset.tensors  # the in-memory fast path reads .x/.y
+    sizes = [len(x) for x, _ in batches(dataset, range(9), 4, skip_single_tail=True)]
+    assert sizes == [4, 4]
+    assert [len(x) for x, _ in batches(dataset, range(9), 4)] == [4, 4, 1]
+    assert [len(x) for x, _ in batches(dataset, range(6), 4, skip_single_tail=True)] == [4, 2]
