@@ -212,11 +212,12 @@ def test_release_namespace_is_used_for_namespaced_objects() -> None:
 
 def test_pod_monitor_selects_the_head_pod_the_operator_builds_and_its_metrics_port() -> None:
     import kiln_operator.render as render
+    from kiln_api.loading import load_jobs
     from kiln_operator.settings import OperatorSettings
 
-    manifest = yaml.safe_load((CHART_DIR.parents[1] / "examples" / "digits.yaml").read_text())
+    jobs = load_jobs(CHART_DIR.parents[1] / "examples" / "digits.yaml")
     settings = OperatorSettings(default_checkpoint_storage="pvc://checkpoints/kiln")
-    built, _ = render.render_objects([manifest], settings, "token", "examples/digits.yaml")
+    built, _ = render.render_objects(jobs, settings, "token", "examples/digits.yaml")
     heads = [o for o in built if o["kind"] == "Pod" and o["metadata"]["labels"].get("kiln.dev/role") == "head"]
     assert len(heads) == 1
     monitor = only(render_objects({"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")
