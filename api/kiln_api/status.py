@@ -125,3 +125,5 @@ class TrainingJobStatus(ApiModel):
     completion_time: Optional[str] = Field(None, description="When the job succeeded or failed (RFC 3339).")
     last_restart_time: Optional[str] = Field(None, description="When the operator last tore the Ray cluster down after losing its head (RFC 3339); the restart backoff counts from it.")
     trainer_unreachable_since: Optional[str] = Field(None, description="Since when the head's /status endpoint has not answered (RFC 3339); unset while it answers.")
+    accepted_spec_hash: Optional[str] = Field(None, description="Hash of the spec the job's pods are built from (their kiln.dev/spec-hash annotation); it follows spec only while the job has no pods (before the start, while suspended).")
+    accepted_spec: Optional[str] = Field(None, description="That spec without its mutable fields, as JSON: pods recreated after a head loss run it, not a change refused while the job ran.")

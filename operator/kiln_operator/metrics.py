@@ -12,11 +12,16 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from kiln_api.status import Phase
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 FINISHED = ("Succeeded", "Failed")
+PHASES = tuple(phase.value for phase in Phase)
+# What `handlers` records for the API failures it retries (status 0: unreachable). Other
+# reasons (an exception's class name) appear on first use.
+KNOWN_ERROR_REASONS = tuple(f"ApiError{status}" for status in (0, 403, 404, 409, 422, 429, 500, 503))
 # Training runs last minutes to days.
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200, float("inf"))
 
@@ -84,10 +89,35 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self._server: Any = None
+        self._namespaces: set[str] = set()
+        self._lock = threading.Lock()
+        self._zero_known_series()
+
+    def _zero_known_series(self) -> None:
+        """Create the series whose labels are known up front at 0.
+
+        A labelled series exists only once `.labels()` is called; until then Prometheus'
+        `increase()` and `rate()` have no earlier sample to count the first event from.
+        """
+        for phase in PHASES:
+            self.transitions.labels(phase=phase)
+        for phase in FINISHED:
+            self.job_duration.labels(phase=phase)
+        for reason in KNOWN_ERROR_REASONS:
+            self.reconcile_errors.labels(reason=reason)
+
+    def _see_namespace(self, namespace: str) -> None:
+        """Start the namespace's restart series at 0 the first time one of its jobs is seen."""
+        with self._lock:
+            if namespace in self._namespaces:
+                return
+            self._namespaces.add(namespace)
+        self.restarts.labels(namespace=namespace)
 
     def record_status(self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Account for one status change written by the operator."""
         old_phase, phase = old.get("phase"), new.get("phase")
+        self._see_namespace(namespace)
         self.jobs.set(namespace, name, phase)
         if phase and phase != old_phase:
             self.transitions.labels(phase=phase).inc()

@@ -6,6 +6,7 @@ status (conditions, workers, training fields), and an Event when the phase chang
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,8 +19,10 @@ from .conditions import SPEC_CHANGE_REJECTED, Want, find, merge_conditions
 from .objects.labels import HEAD, ROLE_LABEL, WORKER
 from .reconciler_types import Decision, Observation
 from .settings import OperatorSettings
+from .spec_change import accepted_fields
 
 WARNING_PHASES = ("Failed", "Restarting")
+FINISHED_PHASES = ("Succeeded", "Failed")
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,16 @@ def _wanted_conditions(ctx: Context, plan: Plan, status: dict) -> list[Want]:
     ]  # fmt: skip
 
 
+def _conditions(ctx: Context, plan: Plan, status: dict) -> list[dict]:
+    previous = ctx.prev.get("conditions") or []
+    if ctx.prev_phase in FINISHED_PHASES and plan.phase == ctx.prev_phase and previous:
+        # A finished job's conditions tell how it ended (the scheduler's message included):
+        # later reconciles only release pods and must not rewrite that account.
+        return previous
+    wanted = _wanted_conditions(ctx, plan, status) + _spec_condition(ctx)
+    return merge_conditions(previous, wanted, ctx.generation, ctx.stamp)
+
+
 def _was_true(ctx: Context, kind: str) -> bool:
     old = find(ctx.prev.get("conditions") or [], kind)
     return bool(old) and old.get("status") == "True"
@@ -138,6 +151,18 @@ def clean_status(status: dict) -> dict:
     except ValidationError:
         # A field the trainer or an old operator wrote badly: keep what validates.
         return {k: v for k, v in status.items() if _field_ok(k, v)}
+
+
+def stored_status(raw: object) -> dict:
+    """The previous status as stored: fields that validate, and no defaults filled in.
+
+    A stored `status: {}` must read as "no phase yet", not as the model's default Pending,
+    or the job's first phase would go unannounced.
+    """
+    if not isinstance(raw, dict):
+        return {}
+    cleaned = clean_status(json.loads(json.dumps(raw)))
+    return {key: value for key, value in cleaned.items() if key in raw}
 
 
 def _field_ok(name: str, value: Any) -> bool:
@@ -175,8 +200,9 @@ def to_decision(ctx: Context, plan: Plan) -> Decision:
         status["startTime"] = ctx.stamp
     if plan.phase in ("Succeeded", "Failed") and not status.get("completionTime"):
         status["completionTime"] = ctx.stamp
-    wanted = _wanted_conditions(ctx, plan, status) + _spec_condition(ctx)
-    status["conditions"] = merge_conditions(ctx.prev.get("conditions") or [], wanted, ctx.generation, ctx.stamp)
+    if ctx.job is not None:
+        status.update(accepted_fields(ctx.pods_job or ctx.job))
+    status["conditions"] = _conditions(ctx, plan, status)
     status = clean_status(status)
     return Decision(
         status=status,
@@ -189,4 +215,4 @@ def to_decision(ctx: Context, plan: Plan) -> Decision:
     )
 
 
-__all__ = ["Context", "Plan", "clean_status", "to_decision"]
+__all__ = ["Context", "Plan", "clean_status", "stored_status", "to_decision"]

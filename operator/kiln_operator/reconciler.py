@@ -12,7 +12,6 @@ the startup timeout; otherwise ensure objects and report progress.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 from kiln_api import TrainingJob
@@ -21,7 +20,7 @@ from pydantic import ValidationError
 
 from . import pod_state
 from .objects import cluster_problem
-from .objects.labels import SPEC_HASH_ANNOTATION, head_pod_name, spec_hash
+from .objects.labels import head_pod_name
 from .phases import (
     fail,
     finished,
@@ -33,7 +32,7 @@ from .phases import (
     succeeded,
     suspended,
 )
-from .plan import Context, Plan, clean_status, to_decision
+from .plan import Context, Plan, stored_status, to_decision
 from .progress import progress
 from .reconciler_types import Decision, Observation
 from .settings import OperatorSettings
@@ -78,7 +77,7 @@ def _running_plan(ctx: Context) -> Plan:
 def decide(job_manifest: dict, observation: Observation, settings: OperatorSettings, token: str) -> Decision:
     raw = job_manifest.get("status")
     # A status someone else wrote (or an older operator) may not validate: keep what does.
-    prev = clean_status(json.loads(json.dumps(raw))) if isinstance(raw, dict) else {}
+    prev = stored_status(raw)
     base = Context(manifest=job_manifest, obs=observation, settings=settings, token=token, prev=prev)
     if base.prev_phase in ("Succeeded", "Failed"):
         return to_decision(base, finished(base, _ttl(job_manifest)))
@@ -89,10 +88,6 @@ def decide(job_manifest: dict, observation: Observation, settings: OperatorSetti
     ctx = replace(base, job=job)
     if problem is not None:
         return to_decision(ctx, fail(ctx, problem[0], problem[1], permanent=True))
-    head = observation.pods.get(head_pod_name(job))
-    if head is not None and not pod_state.is_deleting(head) and not job.spec.suspend:
-        built_from = pod_state.annotation(head, SPEC_HASH_ANNOTATION)
-        if built_from is not None and built_from != spec_hash(job):
-            pods_job, rejection = pods_spec(job, head)
-            ctx = replace(ctx, pods_job=pods_job, rejection=rejection)
+    pods_job, rejection = pods_spec(job, prev, observation.pods, base.prev_phase)
+    ctx = replace(ctx, pods_job=pods_job, rejection=rejection)
     return to_decision(ctx, _running_plan(ctx))

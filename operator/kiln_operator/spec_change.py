@@ -1,9 +1,10 @@
-"""Immutable spec fields: the pods keep running the spec they were built from.
+"""Immutable spec fields: the pods keep running the spec they were accepted with.
 
-The head pod records that spec twice: its hash (annotation `kiln.dev/spec-hash`) and the
-spec itself (`KILN_JOB`, which the driver reads). The operator rebuilds lost workers from
-the recorded spec, so a refused change never leaks into a running cluster. Changes are
-accepted whenever the job has no pods: before the first start, and while suspended.
+The accepted spec lives in the job's status (`acceptedSpec`, `acceptedSpecHash`), which
+outlives every pod, so a cluster rebuilt after a head loss runs it too, never a change
+refused while the job ran. Pods also carry it (annotation `kiln.dev/spec-hash`, env
+`KILN_JOB`); a head built by an operator that did not record it in status is read instead.
+Changes are accepted only while the job has no pods and has not started (or is suspended).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from kiln_api import TrainingJob
 from pydantic import ValidationError
 
 from . import pod_state
-from .objects.labels import MUTABLE_SPEC_FIELDS
+from .objects.labels import MUTABLE_SPEC_FIELDS, SPEC_HASH_ANNOTATION, head_pod_name, immutable_spec_json, spec_hash
 
 MAX_LISTED = 5
+# With no pods in these phases nothing runs an older spec; Restarting must rebuild what ran.
+ACCEPTING_PHASES = ("", "Pending", "Suspended")
+UNREADABLE = "the spec changed while the job runs; the running pods keep their original spec"
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:
@@ -39,14 +43,9 @@ def changed_fields(old: TrainingJob, new: TrainingJob) -> list[str]:
     return sorted(path for path in flat_before.keys() | flat_after.keys() if flat_before.get(path) != flat_after.get(path))
 
 
-def recorded_job(job: TrainingJob, head: dict) -> TrainingJob | None:
-    """The job as the head pod was built from it, with today's metadata and mutable fields."""
-    text = pod_state.env_value(head, "KILN_JOB")
-    try:
-        recorded = json.loads(text) if text else None
-        spec = dict(recorded["spec"])
-    except (ValueError, KeyError, TypeError):
-        return None
+def _with_spec(job: TrainingJob, spec: dict) -> TrainingJob | None:
+    """`job` with `spec`'s immutable fields and today's metadata and mutable fields."""
+    spec = dict(spec)
     current = job.spec.to_api()
     for name in MUTABLE_SPEC_FIELDS:
         spec.pop(name, None)
@@ -58,15 +57,48 @@ def recorded_job(job: TrainingJob, head: dict) -> TrainingJob | None:
         return None
 
 
-def pods_spec(job: TrainingJob, head: dict) -> tuple[TrainingJob, str]:
-    """(the job to build pods from, the refusal message) for a head built from another spec."""
-    old = recorded_job(job, head)
-    if old is None:
-        return job, "the spec changed while the job runs; the running pods keep their original spec"
+def _spec_from_json(text: str | None, key: str | None) -> dict | None:
+    try:
+        value = json.loads(text) if text else None
+        value = value[key] if key is not None else value
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def recorded_job(job: TrainingJob, status: dict, head: dict | None) -> TrainingJob | None:
+    """The job as its pods were accepted: from status, else from the head pod's `KILN_JOB`."""
+    spec = _spec_from_json(status.get("acceptedSpec"), None)
+    if spec is None and head is not None:
+        spec = _spec_from_json(pod_state.env_value(head, "KILN_JOB"), "spec")
+    return _with_spec(job, spec) if spec is not None else None
+
+
+def accepted_fields(job: TrainingJob) -> dict[str, str]:
+    """The status fields that record `job`'s spec as the one the pods are built from."""
+    return {"acceptedSpecHash": spec_hash(job), "acceptedSpec": immutable_spec_json(job)}
+
+
+def _refusal(old: TrainingJob, job: TrainingJob) -> str:
     paths = changed_fields(old, job)
     listed = ", ".join(paths[:MAX_LISTED]) + (f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else "")
-    message = (
+    return (
         f"{listed} cannot change while the job runs; the pods keep running the previous spec. "
         "Suspend the job (spec.suspend: true) to change them, or create a new job."
     )
-    return old, message
+
+
+def pods_spec(job: TrainingJob, status: dict, pods: dict[str, dict], prev_phase: str) -> tuple[TrainingJob, str | None]:
+    """(the job to build pods from, why a change is refused or None)."""
+    if not pods and prev_phase in ACCEPTING_PHASES:
+        return job, None
+    head = pods.get(head_pod_name(job))
+    old = recorded_job(job, status, head)
+    if old is None:
+        built_from = pod_state.annotation(head, SPEC_HASH_ANNOTATION) if head is not None else None
+        changed = built_from is not None and built_from != spec_hash(job) and not job.spec.suspend
+        return job, UNREADABLE if changed else None
+    if spec_hash(old) == spec_hash(job):
+        return job, None
+    # Suspending releases the pods, after which the change is accepted: nothing to refuse.
+    return old, None if job.spec.suspend else _refusal(old, job)

@@ -68,10 +68,14 @@ def job_selector(job: TrainingJob) -> dict[str, str]:
     return {JOB_NAME_LABEL: job.name}
 
 
-def spec_hash(job: TrainingJob) -> str:
-    """Hash of the spec fields the pods are built from (everything but the mutable ones)."""
+def immutable_spec_json(job: TrainingJob) -> str:
+    """The spec fields the pods are built from (everything but the mutable ones), as canonical JSON."""
     spec = job.spec.to_api()
     for field in MUTABLE_SPEC_FIELDS:
         spec.pop(field, None)
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def spec_hash(job: TrainingJob) -> str:
+    """Hash of the spec fields the pods are built from."""
+    return hashlib.sha256(immutable_spec_json(job).encode()).hexdigest()[:16]

@@ -128,3 +128,13 @@ def test_pods_that_cannot_be_scheduled_fail_the_job_with_the_schedulers_message(
     assert message in failed["message"] and failed["reason"] == "Unschedulable"
     assert condition(failed, "Failed")["status"] == "True"
     wait_for(lambda: not pod_names(kube, "big"), 60, "every pod released")
+    # Reconciles after the end (pod deletions, timer ticks) leave the account of it alone.
+    reconciles = sample(scrape(operator.metrics_port), "kiln_reconcile_duration_seconds_count") or 0.0
+    wait_for(lambda: (sample(scrape(operator.metrics_port), "kiln_reconcile_duration_seconds_count") or 0.0)
+             >= reconciles + 3, 60, "three more reconciles")
+    later = job_status(kube, "big")
+    assert later["conditions"] == failed["conditions"]
+    unschedulable = condition(later, "Unschedulable")
+    assert unschedulable["status"] == "True" and unschedulable["message"] == message
+    reasons = {e["reason"] for e in events_for(kube, "big")}
+    assert "Creating" in reasons and "Unschedulable" in reasons  # the first Pending phase is announced too
