@@ -82,8 +82,23 @@ def succeeded(ctx: Context, term: pod_state.Termination) -> Plan:
     plan.updates["trainerUnreachableSince"] = None
     if report_text(report, "completionTime"):
         plan.updates["completionTime"] = report_text(report, "completionTime")
+    started = _earlier_start(report_text(report, "startTime"), ctx.prev.get("startTime"))
+    if started is not None:
+        plan.updates["startTime"] = started
     plan.delete_pods(ctx.pods_of(WORKER))
     return plan
+
+
+def _earlier_start(reported: str | None, stored: str | None) -> str | None:
+    """The driver's start time when it is before the stored one (RFC 3339), else None.
+
+    The operator stamps startTime when it first sees Running, which for a short run (or one it
+    was down for) can be after training ended: the driver's own start is the truer figure.
+    """
+    driver, seen = pod_state.parse_time(reported), pod_state.parse_time(stored)
+    if driver is None or (seen is not None and seen <= driver):
+        return None
+    return pod_state.format_time(driver)
 
 
 def head_ended_badly(ctx: Context, term: pod_state.Termination) -> Plan:

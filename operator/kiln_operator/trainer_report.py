@@ -2,12 +2,15 @@
 message) into the job's status, field by field.
 
 The trainer is another program: a field it reports in a shape the API does not accept is
-dropped (the last known value stays), never allowed to break the status write.
+dropped (the last known value stays), never allowed to break the status write. Its JSON may
+carry NaN or Infinity (a diverged loss): JSON proper has neither, so the API server refuses
+any status holding one, and the same refused write would be retried forever.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from kiln_api import TrainingJobStatus
@@ -27,6 +30,17 @@ def parse_report(text: str | None) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def finite_only(value: Any) -> Any:
+    """`value` without its non-finite numbers (dict entries and list items holding one go)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: kept for key, item in value.items() if (kept := finite_only(item)) is not None or item is None}
+    if isinstance(value, list):
+        return [kept for item in value if (kept := finite_only(item)) is not None or item is None]
+    return value
+
+
 def _valid_field(name: str, value: Any) -> Any | None:
     try:
         model = TrainingJobStatus.model_validate({name: value})
@@ -43,7 +57,7 @@ def training_fields(report: dict | None) -> dict:
     for name in TRAINING_FIELDS:
         if report.get(name) is None:
             continue
-        value = _valid_field(name, report[name])
+        value = _valid_field(name, finite_only(report[name]))
         if value is not None:
             result[name] = value
     progress = result.get("progress")

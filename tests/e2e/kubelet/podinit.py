@@ -66,7 +66,14 @@ def setup_mounts(spec: dict) -> None:
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
     # Sources may live under the host's /tmp, which the pod's /tmp hides: hold them by fd first.
     fds = {m["source"]: os.open(m["source"], os.O_PATH) for m in spec["mounts"] if m.get("source")}
+    # The "image" (interpreter, virtualenv, checkout) may live under /tmp too, e.g. a CI clone:
+    # bind it back at its own path inside the pod's /tmp, as an image's files would be there.
+    image_under_tmp = {p: os.open(p, os.O_PATH) for p in spec.get("imagePaths", []) if p.startswith("/tmp/")}
     _mount(spec["tmp"], "/tmp", None, MS_BIND)
+    for path, fd in image_under_tmp.items():
+        os.makedirs(path, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        os.close(fd)
     for mount in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
         target = mount["target"]
         _ensure_target(target, mount.get("file", False))

@@ -27,8 +27,10 @@ from .podspec import LaunchPlan, Mount
 
 PODINIT = str(Path(__file__).with_name("podinit.py"))
 LOG_TAIL_BYTES = 2048
-# What the "image" consists of: the base interpreter's tree and the virtualenv.
-IMAGE_PATHS = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)})
+# What the "image" consists of: the base interpreter's tree, the virtualenv, and this checkout
+# (the virtualenv's editable install of kiln points into it).
+REPO_ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+IMAGE_PATHS = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), REPO_ROOT})
 
 
 def now() -> str:
