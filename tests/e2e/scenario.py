@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,14 +42,18 @@ class Progress:
             self.seen.append(point)
         return status
 
+    def _at_timeout(self, context: Any) -> Callable[[], str]:
+        """What the job showed, read when the wait gives up (not when it began), then `context`."""
+        return lambda: f"{self.name} showed (phase, epoch): {self.seen[-8:]}\n" + (context() if context else "")
+
     def wait_epoch(self, epoch: int, timeout: float, context: Any = None) -> Obj:
         return wait_for(lambda: (s := self.poll()).get("phase") == "Running" and (epoch_of(s) or 0) >= epoch and s,
-                        timeout, f"{self.name} running at epoch >= {epoch} (seen {self.seen[-5:]})", interval=0.3,
-                        on_timeout=context)
+                        timeout, f"{self.name} running at epoch >= {epoch}", interval=0.3,
+                        on_timeout=self._at_timeout(context))
 
     def wait_done(self, timeout: float, context: Any = None) -> Obj:
         return wait_for(lambda: (s := self.poll()).get("phase") in ("Succeeded", "Failed") and s, timeout,
-                        f"{self.name} to finish (seen {self.seen[-5:]})", interval=0.3, on_timeout=context)
+                        f"{self.name} to finish", interval=0.3, on_timeout=self._at_timeout(context))
 
 
 def host_path(claims_root: Path, location: str) -> Path:

@@ -74,6 +74,8 @@ def test_operator_restart_mid_training_keeps_the_same_pods(cluster) -> None:
     cluster.jobs.create(small_job(name, epochs=EPOCHS, batch_size=BATCH))
     progress = Progress(cluster.jobs, name)
     at = progress.wait_epoch(3, 300, cluster.context)["progress"]["epoch"]
+    # Waiting for at + 2 past the last epoch would hang for the whole timeout on a job that succeeded.
+    assert at + 2 <= EPOCHS, f"training reached epoch {at} before the restart: too fast to restart mid-training ({progress.seen})"
     before = _uids(cluster, name)
     cluster.operator.restart()
     progress.wait_epoch(at + 2, 300, cluster.context)
