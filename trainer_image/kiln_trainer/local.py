@@ -24,6 +24,7 @@ from kiln_api.status import TrainingJobStatus
 
 from .curves import plot_curves, read_jsonl
 from .driver import EXIT_INVALID, DriverOptions, JobRunner
+from .progress import status_document
 from .storage import DEFAULT_PVC_ROOT, resolve_location
 from .worker import write_bytes
 
@@ -74,7 +75,7 @@ class LocalOutputs:
         self.write_status(status)
 
     def write_status(self, status: TrainingJobStatus) -> None:
-        text = json.dumps(status.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2)
+        text = json.dumps(status_document(status), indent=2)
         write_bytes(self.status_path, text.encode())
 
     def _rewrite_log(self, epoch: int, history: list[dict[str, Any]]) -> None:

@@ -17,6 +17,7 @@ Event kinds (all plain dicts): started, step, epoch, checkpoint, finished.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -155,9 +156,24 @@ def fail(status: TrainingJobStatus, reason: str, message: str) -> TrainingJobSta
     return status
 
 
+def status_document(status: TrainingJobStatus) -> dict[str, Any]:
+    """The status as JSON-ready camelCase data. NaN and infinities have no JSON spelling and the
+    API server refuses them, so a diverged metric is left out rather than written."""
+    return _without_non_finite(status.model_dump(by_alias=True, exclude_none=True, mode="json"))
+
+
+def _without_non_finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_non_finite(v) for k, v in value.items()
+                if not (isinstance(v, float) and not math.isfinite(v))}
+    if isinstance(value, list):
+        return [_without_non_finite(v) for v in value]
+    return value
+
+
 def driver_status_json(status: TrainingJobStatus) -> dict[str, Any]:
     """The /status subset (camelCase) the operator copies into the resource."""
-    full = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    full = status_document(status)
     keys = ("phase", "reason", "message", "progress", "metrics", "best", "checkpoint", "earlyStopping", "startTime", "completionTime")
     return {k: full[k] for k in keys if k in full}
 

@@ -167,3 +167,14 @@ def test_progress_line_and_curves(tmp_path):
                         {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.7}], str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert not plot_curves([], str(tmp_path / "none.png"))
+
+
+def test_status_documents_leave_out_non_finite_metrics():
+    import math
+
+    from kiln_api.status import TrainingJobStatus
+    from kiln_trainer.progress import compact_status, driver_status_json
+
+    status = TrainingJobStatus(metrics={"train_loss": 0.5, "val_loss": math.nan, "val_accuracy": math.inf})
+    assert driver_status_json(status)["metrics"] == {"train_loss": 0.5}
+    assert json.loads(compact_status(status))["metrics"] == {"train_loss": 0.5}

@@ -6,6 +6,7 @@ driver's code (`kiln_trainer.progress`) folding a run's events, not from a hand-
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -49,3 +50,11 @@ def driver_report(epochs: int, diverge_at: int | None = None, steps: int = 20, p
     final_metrics = {} if diverge_at else {"test_loss": 0.067, "test_accuracy": 0.974}
     status = apply_event(status, {"kind": "finished", "outcome": outcome, "metrics": final_metrics}, durations)
     return compact_status(status)
+
+
+def with_nan_metric(report: str, metric: str = "val_loss") -> str:
+    """`report` as a trainer that does not filter non-finite figures would write it (plain
+    `json.dumps` spells NaN `NaN`, which JSON proper lacks and the API server refuses)."""
+    data = json.loads(report)
+    data.setdefault("metrics", {})[metric] = math.nan
+    return json.dumps(data, separators=(",", ":"))
