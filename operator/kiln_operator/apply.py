@@ -13,7 +13,7 @@ import socket
 from datetime import datetime, timezone
 from typing import Any
 
-from .kube import ApiError, KubeClient
+from .kube import ApiError, KubeClient, concurrently
 from .reconciler import Decision
 
 log = logging.getLogger("kiln.operator")
@@ -66,17 +66,26 @@ def event_object(job: dict[str, Any], event_type: str, reason: str, message: str
     }
 
 
+def _create_unless_exists(kube: KubeClient, obj: dict[str, Any]) -> int:
+    try:
+        kube.create(obj)
+        return 1
+    except ApiError as exc:
+        # Only AlreadyExists means done; any other 409 (a conflict) is retried like an error.
+        if exc.status != 409 or exc.reason != "AlreadyExists":
+            raise
+        return 0
+
+
 def ensure_created(kube: KubeClient, objects: list[dict[str, Any]]) -> int:
-    """Create each object unless it exists; returns how many were created."""
+    """Create each object unless it exists; returns how many were created.
+
+    Independent objects go out together, pods last: a pod never exists before the Secret,
+    Service and NetworkPolicy it relies on.
+    """
     created = 0
-    for obj in objects:
-        try:
-            kube.create(obj)
-            created += 1
-        except ApiError as exc:
-            # Only AlreadyExists means done; any other 409 (a conflict) is retried like an error.
-            if exc.status != 409 or exc.reason != "AlreadyExists":
-                raise
+    for batch in ([o for o in objects if o.get("kind") != "Pod"], [o for o in objects if o.get("kind") == "Pod"]):
+        created += sum(concurrently([lambda obj=obj: _create_unless_exists(kube, obj) for obj in batch]))
     return created
 
 

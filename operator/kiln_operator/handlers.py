@@ -7,6 +7,9 @@ safety net, pod events are the fast path; both are cheap and idempotent).
 
 kopf runs these synchronous handlers in its thread pool; a per-job lock keeps the timer, pod
 events and change handlers of one job from reconciling it at the same time.
+A pod event whose pod version the job's last reconcile already observed starts no reconcile:
+under a burst of new jobs, the operator's own pod creations would otherwise cost one more
+full reconcile per pod.
 
 Waiting: change handlers raise `kopf.TemporaryError(delay=requeue_after)` only when the decision
 wants to be called back sooner than the timer would; otherwise the timer comes back anyway.
@@ -44,6 +47,25 @@ class JobGate:
     lock: threading.Lock = field(default_factory=threading.Lock)
     guard: threading.Lock = field(default_factory=threading.Lock)
     queued: bool = False
+    # Pod name -> resourceVersion as the last completed reconcile observed it.
+    seen: dict[str, str] = field(default_factory=dict)
+
+    def is_news(self, pod_name: str, resource_version: str | None, event_type: str | None) -> bool:
+        """False when a reconcile has already acted on exactly this version of the pod.
+
+        The operator's own creations come back as one ADDED event per pod; the first starts a
+        reconcile that lists every pod, and the others then carry nothing it has not seen.
+        Deletions always count: the pod is gone whatever version was seen.
+        """
+        if event_type == "DELETED" or not resource_version:
+            return True
+        with self.guard:
+            return self.seen.get(pod_name) != resource_version
+
+    def remember(self, pods: dict[str, dict[str, Any]]) -> None:
+        versions = {name: str(pod["metadata"].get("resourceVersion") or "") for name, pod in pods.items()}
+        with self.guard:
+            self.seen = versions
 
     def claim_queue_slot(self) -> bool:
         """True if the caller should reconcile; False if a queued reconcile will see its change anyway."""
@@ -100,6 +122,7 @@ def _reconcile_locked(runtime: Runtime, namespace: str, name: str) -> Decision |
 
 
 def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decision | None:
+    """One observe -> decide -> apply pass; the caller holds the job's lock."""
     try:
         job = runtime.kube.get("TrainingJob", namespace, name)  # fresh: kopf's body may be stale
     except ApiError as exc:
@@ -113,6 +136,8 @@ def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decisi
     # Only a missing Secret gets a new token: a running cluster keeps the one it has.
     decision = decide(job, observation, runtime.settings, token or secrets.token_urlsafe(32))
     apply_decision(runtime.kube, job, decision, observation.now)
+    # Only after the decision is applied: a failed reconcile must not hide the pods' events.
+    runtime.gate_for(namespace, name).remember(observation.pods)
     runtime.metrics.record_status(namespace, name, job.get("status") or {}, decision.status)
     return decision
 
@@ -153,16 +178,23 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     def on_change(namespace: str, name: str, **_: Any) -> None:
         _run(runtime, namespace, name, requeue=True)
 
-    @kopf.timer(*resource, interval=runtime.settings.timer_interval_seconds, registry=registry)
+    # The first tick waits a full interval: create and resume already reconcile a job at once,
+    # and an immediate tick would only queue a second, identical reconcile behind theirs.
+    interval = runtime.settings.timer_interval_seconds
+
+    @kopf.timer(*resource, interval=interval, initial_delay=interval, registry=registry)
     def on_timer(namespace: str, name: str, **_: Any) -> None:
         _run(runtime, namespace, name, requeue=False)
 
     @kopf.on.event("", "v1", "pods", labels=MANAGED_BY, registry=registry)
-    def on_pod_event(body: Any, namespace: str, **_: Any) -> None:
+    def on_pod_event(body: Any, namespace: str, type: str | None = None, **_: Any) -> None:  # noqa: A002  (kopf's name)
         job_name = _owner_job(body)
         if job_name is None:
             return
         gate = runtime.gate_for(namespace, job_name)
+        meta = body.get("metadata", {})
+        if not gate.is_news(str(meta.get("name")), meta.get("resourceVersion"), type):
+            return  # the last reconcile already saw this very version of the pod
         if not gate.claim_queue_slot():
             return  # a reconcile is already waiting for the lock; it will read this change
         try:

@@ -25,6 +25,7 @@ from .metrics import OperatorMetrics
 from .settings import OperatorSettings, SettingsError, parse_setting
 
 log = logging.getLogger("kiln.operator")
+HANDLER_THREADS = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +82,9 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     # Per-object workers exit after 1 s idle instead of 5 s: shutdown (and HA hand-over) waits for them.
     queueing = getattr(config, "queueing", None) or config.batching  # renamed in kopf 1.40
     queueing.idle_timeout = 1.0
+    # Handlers are synchronous and mostly wait on the API server: kopf's default pool
+    # (CPU count + 4 threads) would leave a burst of new jobs queued behind a handful of them.
+    config.execution.max_workers = HANDLER_THREADS
     # Deleting a job waits for its timer to exit; a timer caught mid-reconcile is re-checked after
     # this many seconds (kopf's default, 60 s, would hold the job's finalizer that long).
     config.background.cancellation_polling = 1.0

@@ -12,7 +12,7 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Any
 
-from .kube import ApiError, KubeClient
+from .kube import ApiError, KubeClient, concurrently
 from .objects.labels import JOB_NAME_LABEL
 from .objects.secret import TOKEN_KEY
 from .reconciler import Observation
@@ -79,11 +79,14 @@ def observe(kube: KubeClient, job: dict[str, Any]) -> tuple[Observation, str | N
     """Everything `decide` needs, and the stored Ray token (None when the Secret is missing)."""
     meta = job["metadata"]
     namespace, name, uid = meta.get("namespace") or "default", meta["name"], meta.get("uid", "")
-    listed = kube.list("Pod", namespace, f"{JOB_NAME_LABEL}={name}")
+    # Four independent reads: one round trip instead of four.
+    listed, secret, service, policy = concurrently([
+        lambda: kube.list("Pod", namespace, f"{JOB_NAME_LABEL}={name}"),
+        lambda: _exists(kube, "Secret", namespace, f"{name}-ray-auth"),
+        lambda: _exists(kube, "Service", namespace, f"{name}-head"),
+        lambda: _exists(kube, "NetworkPolicy", namespace, name),
+    ])
     pods = {p["metadata"]["name"]: p for p in listed if owned_by(p, uid)}
-    secret = _exists(kube, "Secret", namespace, f"{name}-ray-auth")
-    service = _exists(kube, "Service", namespace, f"{name}-head")
-    policy = _exists(kube, "NetworkPolicy", namespace, name)
     trainer_status, error = fetch_trainer_status(head_status_url(job, pods))
     observation = Observation(
         pods=pods,

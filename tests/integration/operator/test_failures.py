@@ -120,7 +120,7 @@ def test_pods_that_cannot_be_scheduled_fail_the_job_with_the_schedulers_message(
     kube: KubeClient, operator: OperatorThread, kubelet: FakeKubelet
 ) -> None:
     message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
-    kube.create(job_manifest("big", 8000, startupTimeoutSeconds=1))
+    kube.create(job_manifest("big", 8000, startupTimeoutSeconds=10))  # time enough to mark every pod under load
     wait_for(lambda: len(pod_names(kube, "big")) == 3, 60, "pods created")
     for name in pod_names(kube, "big"):
         kubelet.unschedulable(NS, name, message)
