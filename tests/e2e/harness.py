@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import yaml
 from kubernetes import client
 
 from tests.e2e.support import wait_for
+from tests.support.ports import free_port
 
 Obj = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]
@@ -28,10 +28,6 @@ GROUP, VERSION, PLURAL = "kiln.dev", "v1alpha1", "trainingjobs"
 CHECKPOINT_CLAIM = "checkpoints"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OperatorProcess:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,17 +24,11 @@ from kiln_operator.main import serve
 from kiln_operator.metrics import OperatorMetrics
 from kiln_operator.settings import OperatorSettings
 
+from tests.support.ports import free_port
+
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    """A free TCP port outside Ray's worker range (10002-19999)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if not 10002 <= port <= 19999:
-            return port
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 60.0, what: str = "condition", period: float = 0.05) -> T:

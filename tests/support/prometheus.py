@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.support.ports import free_port
 
 SYSTEM_DEPS = Path(__file__).resolve().parents[2] / "scripts" / "system-deps.sh"
 
@@ -36,14 +37,6 @@ PROMETHEUS, PROMTOOL = ensure_installed()
 SKIP_REASON = "prometheus/promtool missing and not installable here (needs root and apt-get: scripts/system-deps.sh)"
 
 
-def free_port() -> int:
-    """A free loopback port outside Ray's worker range (10002-19999)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if not 10002 <= port <= 19999:
-            return port
 
 
 @dataclass(frozen=True)

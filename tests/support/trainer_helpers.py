@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -42,10 +41,6 @@ def job(name: str, spec_changes: dict[str, Any] | None = None, base: dict[str, A
     return TrainingJob.model_validate(manifest(name, spec_changes, base))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "condition") -> T:

@@ -22,7 +22,6 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +32,9 @@ from kiln_operator.kube import KubeClient, load_configuration
 from tests.support.fake_kubelet import FakeKubelet
 from tests.support.k8s_emulator import EmulatedApiServer
 from tests.support.k8s_semantics import parse_resource_path, verb_of
-from tests.support.prometheus import PrometheusServer, Target, free_port
+from tests.support.kopf_runner import wait_for
+from tests.support.ports import free_port
+from tests.support.prometheus import PrometheusServer, Target
 
 T = TypeVar("T")
 KILN = str(Path(sys.executable).with_name("kiln"))
@@ -41,16 +42,6 @@ JOB_NAME, JOB_NAMESPACE = "dash", "ml"
 TRAININGJOBS = "kiln.dev/v1alpha1/trainingjobs"  # the emulator keys objects by group/version/plural
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str, period: float = 0.2) -> T:
-    """Poll until `condition` returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(period)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
 class RecordingKubeClient(KubeClient):

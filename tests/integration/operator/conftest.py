@@ -14,7 +14,8 @@ from kiln_operator.settings import OperatorSettings
 
 from tests.support.fake_kubelet import FakeKubelet
 from tests.support.k8s_emulator import EmulatedApiServer, k8s_api  # noqa: F401  (fixture)
-from tests.support.kopf_runner import OperatorThread, StatusEndpoint, free_port
+from tests.support.kopf_runner import OperatorThread, StatusEndpoint
+from tests.support.ports import free_port
 
 
 @pytest.fixture()

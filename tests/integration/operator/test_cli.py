@@ -15,7 +15,8 @@ from kiln_operator.kube import KubeClient
 
 from tests.integration.operator.helpers import job_manifest, job_status, pod_names, sample, scrape
 from tests.support.k8s_emulator import EmulatedApiServer
-from tests.support.kopf_runner import free_port, wait_for
+from tests.support.kopf_runner import wait_for
+from tests.support.ports import free_port
 
 
 def _kiln(*args: str) -> list[str]:

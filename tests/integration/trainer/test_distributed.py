@@ -12,7 +12,8 @@ import pytest
 from kiln_trainer.checkpoints import CheckpointStore
 from kiln_trainer.local import load_manifest, run_local
 
-from tests.support.trainer_helpers import free_port, http_get, job, try_status
+from tests.support.ports import free_port
+from tests.support.trainer_helpers import http_get, job, try_status
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"

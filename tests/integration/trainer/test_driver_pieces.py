@@ -13,7 +13,8 @@ from kiln_trainer.local import LocalOutputs, load_manifest, progress_line
 from kiln_trainer.metrics import KilnMetrics, MetricsServer, start_server
 from kiln_trainer.progress import apply_event, compact_status, driver_status_json, initial_status
 
-from tests.support.trainer_helpers import free_port, http_get, job, manifest
+from tests.support.ports import free_port
+from tests.support.trainer_helpers import http_get, job, manifest
 
 EPOCH = {"kind": "epoch", "epoch": 2, "step": 40, "metrics": {"train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9},
          "samples_per_second": 1000.0, "epoch_seconds": 2.0, "checkpoint_stall_seconds": 0.01,

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from kiln_trainer.checkpoints import CheckpointStore
 
-from tests.support.trainer_helpers import free_port, manifest, wait_until
+from tests.support.ports import free_port
+from tests.support.trainer_helpers import manifest, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 KILN = str(Path(sys.executable).with_name("kiln"))
