@@ -197,7 +197,7 @@ def run_entrypoint(job: TrainingJob, env: WorkerEnv, paths: RunPaths) -> None:
         _session = None
     outcome = outcome_of(session.decision, session.interrupted)
     test_metrics = {k: v for k, v in session.last_metrics.items() if k.startswith("test_")}
-    env.emit({"kind": "finished", "outcome": outcome, "metrics": test_metrics,
+    env.emit_final({"kind": "finished", "outcome": outcome, "metrics": test_metrics,
               "early_stopping": early_stopping_state(session.stopper, session.decision),
               "message": session.decision.reason if session.decision and session.decision.should_stop else None,
               "epoch": session.epoch})

@@ -131,7 +131,7 @@ def finish(trainer: Trainer, decision: Optional[Decision], interrupted: bool) ->
     es = early_stopping_state(trainer.stopper, decision)
     if es is not None and reason:
         es.update(stopped=True, stopped_epoch=trainer.stopper.stopped_epoch, reason=reason)
-    env.emit({"kind": "finished", "outcome": outcome, "metrics": result["metrics"], "early_stopping": es,
+    env.emit_final({"kind": "finished", "outcome": outcome, "metrics": result["metrics"], "early_stopping": es,
               "message": reason,
               "model_path": trainer.paths.model_path, "epoch": trainer.state.epoch})
     return result

@@ -14,6 +14,7 @@ from .storage import is_remote
 
 log = logging.getLogger("kiln_trainer.worker")
 STOP_QUERY_TIMEOUT_S = 30.0
+FINAL_EVENT_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -38,6 +39,17 @@ class WorkerEnv:
         """Rank 0 sends an event to the driver without waiting for it to be received."""
         if self.rank == 0 and self.channel is not None:
             self.channel.push.remote(event)
+
+    def emit_final(self, event: dict[str, Any]) -> None:
+        """Rank 0 sends its last event and waits until the driver's channel holds it.
+
+        Fire-and-forget calls still queued in this worker when the train function returns can be
+        dropped as Ray Train tears the worker group down; waiting on the last call (calls from one
+        caller run in order) makes sure the outcome, and everything before it, arrives."""
+        if self.rank == 0 and self.channel is not None:
+            import ray
+
+            ray.get(self.channel.push.remote(event), timeout=FINAL_EVENT_TIMEOUT_S)
 
     def emit_any_rank(self, event: dict[str, Any]) -> None:
         if self.channel is not None:

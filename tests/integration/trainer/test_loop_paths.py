@@ -144,3 +144,14 @@ def test_batch_norm_survives_a_last_batch_of_one_sample(tmp_path):
     changes = {"hyperparameters": {"epochs": 1, "batchSize": 8}, "model": {"batchNorm": True}}
     result, paths = train(tmp_path, "tail", changes)
     assert_trained(result, paths)
+
+
+def test_rerun_after_the_last_epoch_finishes_without_training_again(tmp_path):
+    # A head lost after the last checkpoint but before the driver reported: the new cluster resumes
+    # at epoch == epochs and must still evaluate, save the model and report an outcome.
+    first, paths = train(tmp_path, "done", {"hyperparameters": {"epochs": 2}})
+    assert_trained(first, paths)
+    again, paths = train(tmp_path, "done", {"hyperparameters": {"epochs": 2}})
+    assert_trained(again, paths)
+    assert again["epoch"] == 2 and len(again["history"]) == 2
+    assert again["metrics"]["test_accuracy"] == first["metrics"]["test_accuracy"]
