@@ -58,9 +58,14 @@ def bench_job(args: argparse.Namespace) -> TrainingJob:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port outside Ray's worker port range (10002-19999), where a Ray process still
+    winding down from the previous round could take it from gloo's rendezvous."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if not 10002 <= port <= 19999:
+            return port
 
 
 def _baseline_worker(rank: int, world: int, port: int, job_json: str, device_kind: str, started: float, out: str) -> None:
