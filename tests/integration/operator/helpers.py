@@ -65,3 +65,11 @@ def job_manifest(name: str, port: int, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": NS},
         "spec": {"workers": {"replicas": 2}, "hyperparameters": {"epochs": 3}, "metrics": {"port": port}, **spec},
     }
+
+
+def start_running_job(kube: KubeClient, kubelet: Any, trainer: Any, name: str) -> dict[str, Any]:
+    """Create a job whose pods the fake kubelet runs and whose trainer reports epoch 1 of 3."""
+    trainer.status = {"phase": "Running", "progress": {"epoch": 1, "totalEpochs": 3}}
+    kube.create(job_manifest(name, trainer.port))
+    kubelet.auto_run(NS, f"kiln.dev/job-name={name}")
+    return wait_phase(kube, name, "Running")

@@ -17,6 +17,7 @@ from tests.integration.operator.helpers import (
     pod_names,
     sample,
     scrape,
+    start_running_job,
     wait_phase,
 )
 from tests.support.fake_kubelet import FakeKubelet
@@ -83,10 +84,7 @@ def test_finished_head_is_noticed_through_pod_events_not_only_the_timer(
     kube: KubeClient, start_operator: Callable[..., OperatorThread], kubelet: FakeKubelet, trainer: StatusEndpoint
 ) -> None:
     start_operator(timer_interval_seconds=600)  # the timer cannot be what notices the exit
-    trainer.status = {"phase": "Running", "progress": {"epoch": 1, "totalEpochs": 3}}
-    kube.create(job_manifest("demo", trainer.port))
-    kubelet.auto_run(NS, "kiln.dev/job-name=demo")
-    wait_phase(kube, "demo", "Running")
+    start_running_job(kube, kubelet, trainer, "demo")
     kubelet.terminate_pod(NS, "demo-head", 0, json.dumps({"phase": "Succeeded"}))
     wait_phase(kube, "demo", "Succeeded", timeout=30)
 
@@ -94,10 +92,7 @@ def test_finished_head_is_noticed_through_pod_events_not_only_the_timer(
 def test_suspend_releases_pods_and_resume_recreates_them(
     kube: KubeClient, operator: OperatorThread, kubelet: FakeKubelet, trainer: StatusEndpoint
 ) -> None:
-    trainer.status = {"phase": "Running", "progress": {"epoch": 1, "totalEpochs": 3}}
-    kube.create(job_manifest("demo", trainer.port))
-    kubelet.auto_run(NS, "kiln.dev/job-name=demo")
-    wait_phase(kube, "demo", "Running")
+    start_running_job(kube, kubelet, trainer, "demo")
     kube.patch("TrainingJob", NS, "demo", {"spec": {"suspend": True}})
     suspended = wait_phase(kube, "demo", "Suspended")
     assert condition(suspended, "Suspended")["status"] == "True"
@@ -119,10 +114,7 @@ def test_deleting_the_job_collects_everything(kube: KubeClient, operator: Operat
 
 
 def test_worker_lost_is_recreated(kube: KubeClient, operator: OperatorThread, kubelet: FakeKubelet, trainer: StatusEndpoint) -> None:
-    trainer.status = {"phase": "Running", "progress": {"epoch": 1, "totalEpochs": 3}}
-    kube.create(job_manifest("demo", trainer.port))
-    kubelet.auto_run(NS, "kiln.dev/job-name=demo")
-    wait_phase(kube, "demo", "Running")
+    start_running_job(kube, kubelet, trainer, "demo")
     before = kube.get("Pod", NS, "demo-worker-1")["metadata"]["uid"]
     kube.delete("Pod", NS, "demo-worker-1")
     wait_for(lambda: "demo-worker-1" in pod_names(kube, "demo")
@@ -135,10 +127,7 @@ def test_worker_lost_is_recreated(kube: KubeClient, operator: OperatorThread, ku
 def test_head_lost_recreates_the_cluster_and_counts_a_restart(
     kube: KubeClient, operator: OperatorThread, kubelet: FakeKubelet, trainer: StatusEndpoint
 ) -> None:
-    trainer.status = {"phase": "Running", "progress": {"epoch": 1, "totalEpochs": 3}}
-    kube.create(job_manifest("demo", trainer.port))
-    kubelet.auto_run(NS, "kiln.dev/job-name=demo")
-    wait_phase(kube, "demo", "Running")
+    start_running_job(kube, kubelet, trainer, "demo")
     first_head = kube.get("Pod", NS, "demo-head")["metadata"]["uid"]
     kubelet.terminate_pod(NS, "demo-head", 137, "OOMKilled")
     wait_for(lambda: job_status(kube, "demo").get("restarts") == 1, 60, "restarts = 1")
