@@ -12,8 +12,15 @@ from tests.e2e.support import wait_for
 pytestmark = pytest.mark.ray
 NS = "default"
 EVERY = 1  # checkpoint.everyEpochs of the jobs below
-EPOCHS = 20
-BATCH = 16  # ~1257 training rows / 16 = 79 steps per epoch (never a last batch of 1: BatchNorm rejects it): epochs of a few seconds, so faults land mid-training
+EPOCHS = 16
+BATCH = 16  # ~1257 training rows / 16 = 79 steps per epoch (never a last batch of 1: BatchNorm rejects it)
+# Wide layers make each epoch ~1 s on one CPU (the example's [128, 64] trains an epoch in ~0.1 s), so a
+# fault seen at epoch 3 still leaves seconds of training: status reaches the test a second or two late.
+SLOW_MODEL = {"model.hiddenUnits": [1024, 1024]}
+
+
+def _job(name: str, **overrides: object) -> dict:
+    return small_job(name, epochs=EPOCHS, batch_size=BATCH, **SLOW_MODEL, **overrides)
 
 
 def _uids(cluster, name: str) -> dict[str, str]:
@@ -30,7 +37,7 @@ def _resumed_from_checkpoint(progress: Progress, fault_index: int) -> None:
 
 def test_killed_worker_is_replaced_and_training_resumes(cluster) -> None:
     name = "wkill"
-    cluster.jobs.create(small_job(name, epochs=EPOCHS, batch_size=BATCH))
+    cluster.jobs.create(_job(name))
     progress = Progress(cluster.jobs, name)
     progress.wait_epoch(3, 300, cluster.context)
     old = _uids(cluster, name)[f"{name}-worker-0"]
@@ -45,7 +52,7 @@ def test_killed_worker_is_replaced_and_training_resumes(cluster) -> None:
 
 def test_killed_head_recreates_the_cluster_and_resumes(cluster) -> None:
     name = "hkill"
-    cluster.jobs.create(small_job(name, epochs=EPOCHS, batch_size=BATCH))
+    cluster.jobs.create(_job(name))
     progress = Progress(cluster.jobs, name)
     progress.wait_epoch(3, 300, cluster.context)
     cluster.kubelet.kill_pod(NS, f"{name}-head", signal.SIGKILL)
@@ -58,7 +65,7 @@ def test_killed_head_recreates_the_cluster_and_resumes(cluster) -> None:
 
 def test_killed_head_fails_the_job_when_no_restart_is_allowed(cluster) -> None:
     name = "hfail"
-    cluster.jobs.create(small_job(name, epochs=EPOCHS, batch_size=BATCH, **{"failurePolicy.maxRestarts": 0}))
+    cluster.jobs.create(_job(name, **{"failurePolicy.maxRestarts": 0}))
     progress = Progress(cluster.jobs, name)
     progress.wait_epoch(1, 300, cluster.context)
     cluster.kubelet.kill_pod(NS, f"{name}-head", signal.SIGKILL)
@@ -71,7 +78,7 @@ def test_killed_head_fails_the_job_when_no_restart_is_allowed(cluster) -> None:
 
 def test_operator_restart_mid_training_keeps_the_same_pods(cluster) -> None:
     name = "oprestart"
-    cluster.jobs.create(small_job(name, epochs=EPOCHS, batch_size=BATCH))
+    cluster.jobs.create(_job(name))
     progress = Progress(cluster.jobs, name)
     at = progress.wait_epoch(3, 300, cluster.context)["progress"]["epoch"]
     # Waiting for at + 2 past the last epoch would hang for the whole timeout on a job that succeeded.
@@ -87,7 +94,7 @@ def test_operator_restart_mid_training_keeps_the_same_pods(cluster) -> None:
 
 def test_suspend_removes_pods_and_resume_continues_from_checkpoint(cluster) -> None:
     name = "pause"
-    cluster.jobs.create(small_job(name, epochs=EPOCHS, batch_size=BATCH))
+    cluster.jobs.create(_job(name))
     progress = Progress(cluster.jobs, name)
     progress.wait_epoch(3, 300, cluster.context)
     cluster.jobs.patch_spec(name, {"suspend": True})
@@ -104,7 +111,7 @@ def test_suspend_removes_pods_and_resume_continues_from_checkpoint(cluster) -> N
 def test_api_errors_and_conflicts_do_not_stop_a_job(cluster) -> None:
     name = "flaky"
     cluster.api.inject_faults(0.1, status=500, seed=1)
-    _create_retrying(cluster, small_job(name, epochs=8))
+    _create_retrying(cluster, _job(name))
     progress = Progress(cluster.jobs, name)
     wait_for(lambda: _poll_quietly(progress, 2), 300, "epoch 2 despite 500s", on_timeout=cluster.context)
     cluster.api.inject_faults(0.1, status=409, seed=2)

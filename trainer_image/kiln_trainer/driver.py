@@ -321,6 +321,22 @@ def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any
 # ---------------------------------------------------------------------- pod entry point
 
 
+def epoch_log_line(event: dict[str, Any], status: TrainingJobStatus) -> Optional[str]:
+    """One line per finished epoch for the head pod's log (`kubectl logs <job>-head`)."""
+    if event.get("kind") != "epoch":
+        return None
+    metrics = " ".join(f"{name}={value:.4g}" for name, value in sorted(event.get("metrics", {}).items())
+                       if isinstance(value, (int, float)) and math.isfinite(value))
+    seconds, rate = event.get("epoch_seconds"), event.get("samples_per_second")
+    timing = (f" {seconds:.2f}s" if seconds is not None else "") + (f" {rate:.0f} samples/s" if rate else "")
+    return f"epoch {event['epoch']}/{status.progress.total_epochs} step {event.get('step', 0)} {metrics}{timing}".rstrip()
+
+
+def log_epochs(event: dict[str, Any], status: TrainingJobStatus) -> None:
+    if line := epoch_log_line(event, status):
+        log.info("%s", line)
+
+
 def load_job_from_env(environ: dict[str, str]) -> TrainingJob:
     raw = environ.get("KILN_JOB")
     if not raw:
@@ -365,6 +381,7 @@ def main(environ: Optional[dict[str, str]] = None) -> int:
         port=job.spec.metrics.port,
         termination_message_path=environ.get("KILN_TERMINATION_MESSAGE_PATH") or default_termination_path(),
         startup_timeout_s=float(job.spec.startup_timeout_seconds),
+        listeners=[log_epochs],
     )
     return JobRunner(job, options).run()
 

@@ -54,10 +54,15 @@ class ProgressChannel:
 
 
 def progress_actor() -> Any:
-    """Start a ProgressChannel actor: tiny, CPU-free, so it never competes with workers."""
-    import ray
+    """Start a ProgressChannel actor: tiny, CPU-free, so it never competes with workers.
 
-    return ray.remote(num_cpus=0, max_concurrency=4)(ProgressChannel).remote()
+    Pinned to the driver's own node: left to Ray's scheduler a CPU-free actor may land on a
+    worker node, and losing that worker pod would then take the driver's progress with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    on_driver_node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0, max_concurrency=4, scheduling_strategy=on_driver_node)(ProgressChannel).remote()
 
 
 def rfc3339(unix: Optional[float] = None) -> str:

@@ -8,7 +8,7 @@ import json
 import pytest
 from kiln_api.status import Phase
 from kiln_trainer.curves import plot_curves
-from kiln_trainer.driver import capacity_message, workers_that_fit
+from kiln_trainer.driver import capacity_message, epoch_log_line, workers_that_fit
 from kiln_trainer.local import LocalOutputs, load_manifest, progress_line
 from kiln_trainer.metrics import KilnMetrics, MetricsServer, start_server
 from kiln_trainer.progress import apply_event, compact_status, driver_status_json, initial_status
@@ -40,6 +40,13 @@ def test_capacity_message_names_the_field_and_the_numbers():
     message = capacity_message(job("big", {"workers": {"replicas": 8, "gpusPerWorker": 1}}), 1, [{"CPU": 4.0, "GPU": 1.0}])
     assert message.startswith("spec.workers.replicas: 8 workers of 1 CPU + 1 GPU each")
     assert "can hold 1" in message and "4 CPU/1 GPU" in message
+
+
+def test_epoch_log_line_shows_progress_metrics_and_speed_and_skips_other_events():
+    status = initial_status(10)
+    line = epoch_log_line({**EPOCH, "metrics": {**EPOCH["metrics"], "val_mae": float("nan")}}, status)
+    assert line == "epoch 2/10 step 40 train_loss=0.5 val_accuracy=0.9 val_loss=0.4 2.00s 1000 samples/s"
+    assert epoch_log_line({"kind": "step", "epoch": 2}, status) is None
 
 
 def fold(events):
