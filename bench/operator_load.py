@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -62,12 +63,19 @@ def job_counts(api: EmulatedApiServer) -> dict[str, dict[str, int]]:
     return api._call(count)
 
 
+def request_breakdown(requests: list[Any]) -> dict[str, int]:
+    """Requests by "verb resource", most frequent first: where the API traffic goes."""
+    counts = Counter(f"{r.verb} {r.resource}" for r in requests)
+    return dict(counts.most_common())
+
+
 def serve_emulator(workdir: str, conn: Connection) -> None:
     """The emulator's own process: answers "counts", "requests" and "cpu" until told "stop"."""
     with EmulatedApiServer(Path(workdir)) as api:
         conn.send((api.url, api.kubeconfig_path))
         while (command := conn.recv()) != "stop":
-            answers = {"counts": lambda: job_counts(api), "requests": lambda: len(api.requests), "cpu": time.process_time}
+            answers = {"counts": lambda: job_counts(api), "requests": lambda: len(api.requests), "cpu": time.process_time,
+                       "breakdown": lambda: request_breakdown(api.requests)}
             conn.send(answers[command]())
 
 
@@ -129,6 +137,7 @@ def run(jobs_wanted: int, workers: int, timeout: float) -> dict:
         with operator:
             time.sleep(3)  # let the operator start watching: its start-up is not what is measured
             baseline, emulator_cpu = api.ask("requests"), api.ask("cpu")
+            breakdown_before = Counter(api.ask("breakdown"))
             operator_cpu = cpu_seconds(operator)
             created: dict[str, float] = {}
             names = [f"load-{i:03d}" for i in range(jobs_wanted)]
@@ -151,6 +160,7 @@ def run(jobs_wanted: int, workers: int, timeout: float) -> dict:
                 time.sleep(0.05)
             all_ready = time.monotonic() - start
             requests = api.ask("requests") - baseline
+            breakdown = Counter(api.ask("breakdown")) - breakdown_before
             emulator_cpu = api.ask("cpu") - emulator_cpu
             operator_cpu = cpu_seconds(operator) - operator_cpu
             reconciles = reconcile_count(operator.metrics_port)
@@ -167,6 +177,7 @@ def run(jobs_wanted: int, workers: int, timeout: float) -> dict:
         "reconciles_total": reconciles,
         "peak_rss_mib": round(operator.peak_rss / 2**20, 1),
         "requests_per_job": round(requests / jobs_wanted, 1),
+        "requests_per_job_by_verb": {k: round(n / jobs_wanted, 2) for k, n in breakdown.most_common()},
         # Where the time goes: CPU seconds each process spent until every job was complete.
         "emulator_cpu_seconds": round(emulator_cpu, 2),
         "emulator_cpu_ms_per_request": round(1000 * emulator_cpu / max(requests, 1), 2),
