@@ -70,7 +70,7 @@ def request_breakdown(requests: list[Any]) -> dict[str, int]:
 
 
 def serve_emulator(workdir: str, conn: Connection) -> None:
-    """The emulator's own process: answers "counts", "requests" and "cpu" until told "stop"."""
+    """The emulator's own process: answers "counts", "requests", "breakdown" and "cpu" until told "stop"."""
     with EmulatedApiServer(Path(workdir)) as api:
         conn.send((api.url, api.kubeconfig_path))
         while (command := conn.recv()) != "stop":

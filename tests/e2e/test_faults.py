@@ -14,7 +14,7 @@ NS = "default"
 EVERY = 1  # checkpoint.everyEpochs of the jobs below
 EPOCHS = 16
 BATCH = 16  # ~1257 training rows / 16 = 79 steps per epoch (never a last batch of 1: BatchNorm rejects it)
-# Wide layers make each epoch ~1 s on one CPU (the example's [128, 64] trains an epoch in ~0.1 s), so a
+# Wide layers make each epoch ~0.7 s on one CPU (the example's [128, 64] trains an epoch in ~0.1 s), so a
 # fault seen at epoch 3 still leaves seconds of training: status reaches the test a second or two late.
 SLOW_MODEL = {"model.hiddenUnits": [1024, 1024]}
 
