@@ -29,7 +29,7 @@ from kiln_api.status import Phase, TrainingJobStatus, WorkersStatus
 from pydantic import ValidationError
 
 from .metrics import KilnMetrics, start_server
-from .progress import apply_event, compact_status, driver_status_json, fail, initial_status, progress_actor
+from .progress import apply_event, compact_status, driver_status_json, epoch_line, fail, initial_status, progress_actor
 from .storage import DEFAULT_PVC_ROOT, resolve_location
 
 log = logging.getLogger("kiln_trainer.driver")
@@ -321,20 +321,10 @@ def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any
 # ---------------------------------------------------------------------- pod entry point
 
 
-def epoch_log_line(event: dict[str, Any], status: TrainingJobStatus) -> Optional[str]:
-    """One line per finished epoch for the head pod's log (`kubectl logs <job>-head`)."""
-    if event.get("kind") != "epoch":
-        return None
-    metrics = " ".join(f"{name}={value:.4g}" for name, value in sorted(event.get("metrics", {}).items())
-                       if isinstance(value, (int, float)) and math.isfinite(value))
-    seconds, rate = event.get("epoch_seconds"), event.get("samples_per_second")
-    timing = (f" {seconds:.2f}s" if seconds is not None else "") + (f" {rate:.0f} samples/s" if rate else "")
-    return f"epoch {event['epoch']}/{status.progress.total_epochs} step {event.get('step', 0)} {metrics}{timing}".rstrip()
-
-
 def log_epochs(event: dict[str, Any], status: TrainingJobStatus) -> None:
-    if line := epoch_log_line(event, status):
-        log.info("%s", line)
+    """`kubectl logs <job>-head` shows the same per-epoch lines as `kiln run`."""
+    if event.get("kind") == "epoch":
+        log.info("%s", epoch_line(event, status))
 
 
 def load_job_from_env(environ: dict[str, str]) -> TrainingJob:

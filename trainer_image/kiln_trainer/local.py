@@ -24,7 +24,7 @@ from kiln_api.status import TrainingJobStatus
 
 from .curves import plot_curves, read_jsonl
 from .driver import EXIT_INVALID, DriverOptions, JobRunner
-from .progress import status_document
+from .progress import epoch_line, progress_line, status_document, validation_text
 from .storage import DEFAULT_PVC_ROOT, resolve_location
 from .worker import write_bytes
 
@@ -68,8 +68,8 @@ class LocalOutputs:
                       "samples_per_second": event.get("samples_per_second"), "epoch_seconds": event.get("epoch_seconds")}
             with open(self.metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            self.last_val = " ".join(f"{k} {v:.4f}" for k, v in event["metrics"].items() if k.startswith("val_"))
-            self._line(progress_line(status, event["metrics"].get("train_loss"), self.last_val, final=True))
+            self.last_val = validation_text(event["metrics"])
+            self._line(epoch_line(event, status))
         elif kind == "step" and self.tty:
             self._bar(progress_line(status, event.get("loss"), self.last_val, batch=(event["batch"], event["batches"])))
         self.write_status(status)
@@ -95,18 +95,6 @@ class LocalOutputs:
         if text:
             self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
             self.stream.flush()
-
-
-def progress_line(status: TrainingJobStatus, loss: Optional[float], val: str, *, batch: tuple[int, int] | None = None,
-                  final: bool = False) -> str:
-    p = status.progress
-    epoch = p.epoch if final else p.epoch + 1
-    width = 20
-    done = batch[0] / max(batch[1], 1) if batch else 1.0
-    bar = "#" * int(done * width) + "." * (width - int(done * width))
-    eta = f" ETA {p.eta_seconds:.0f}s" if p.eta_seconds is not None else ""
-    loss_text = f" loss {loss:.4f}" if loss is not None else ""
-    return f"epoch {epoch}/{p.total_epochs} [{bar}] step {p.step}{loss_text} {val}{eta}".rstrip()
 
 
 def _install_sigint(stop: threading.Event, stream: TextIO) -> Any:

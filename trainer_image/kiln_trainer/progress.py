@@ -1,4 +1,4 @@
-"""Progress events from rank 0 to the driver, and the pure status reducer.
+"""Progress events from rank 0 to the driver, the pure status reducer, and the progress line.
 
 Why not `ray.train.report`: Ray Train 2.60 drains each worker's one-slot report queue
 every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s), so a per-epoch report blocks short epochs
@@ -197,3 +197,25 @@ def compact_status(status: TrainingJobStatus, limit: int = 4096) -> str:
     if len(text.encode()) > limit:
         text = json.dumps({"phase": data.get("phase"), "reason": data.get("reason")}, separators=(",", ":"))
     return text
+
+
+def progress_line(status: TrainingJobStatus, loss: Optional[float], val: str, *, batch: tuple[int, int] | None = None,
+                  final: bool = False) -> str:
+    p = status.progress
+    epoch = p.epoch if final else p.epoch + 1
+    width = 20
+    done = batch[0] / max(batch[1], 1) if batch else 1.0
+    bar = "#" * int(done * width) + "." * (width - int(done * width))
+    eta = f" ETA {p.eta_seconds:.0f}s" if p.eta_seconds is not None else ""
+    loss_text = f" loss {loss:.4f}" if loss is not None else ""
+    return f"epoch {epoch}/{p.total_epochs} [{bar}] step {p.step}{loss_text} {val}{eta}".rstrip()
+
+
+def validation_text(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name.startswith("val_"))
+
+
+def epoch_line(event: dict[str, Any], status: TrainingJobStatus) -> str:
+    """The line for a finished epoch: printed by `kiln run`, logged by the head pod's driver."""
+    metrics = event["metrics"]
+    return progress_line(status, metrics.get("train_loss"), validation_text(metrics), final=True)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 from kiln_api.status import Phase
 from kiln_trainer.curves import plot_curves
-from kiln_trainer.driver import capacity_message, epoch_log_line, workers_that_fit
-from kiln_trainer.local import LocalOutputs, load_manifest, progress_line
+from kiln_trainer.driver import capacity_message, log_epochs, workers_that_fit
+from kiln_trainer.local import LocalOutputs, load_manifest
 from kiln_trainer.metrics import KilnMetrics, MetricsServer, start_server
-from kiln_trainer.progress import apply_event, compact_status, driver_status_json, initial_status
+from kiln_trainer.progress import apply_event, compact_status, driver_status_json, initial_status, progress_line
 
 from tests.support.ports import free_port
 from tests.support.trainer_helpers import http_get, job, manifest
@@ -42,11 +43,13 @@ def test_capacity_message_names_the_field_and_the_numbers():
     assert "can hold 1" in message and "4 CPU/1 GPU" in message
 
 
-def test_epoch_log_line_shows_progress_metrics_and_speed_and_skips_other_events():
-    status = initial_status(10)
-    line = epoch_log_line({**EPOCH, "metrics": {**EPOCH["metrics"], "val_mae": float("nan")}}, status)
-    assert line == "epoch 2/10 step 40 train_loss=0.5 val_accuracy=0.9 val_loss=0.4 2.00s 1000 samples/s"
-    assert epoch_log_line({"kind": "step", "epoch": 2}, status) is None
+def test_head_pod_logs_one_progress_line_per_epoch_and_nothing_else(caplog):
+    status = apply_event(initial_status(10), EPOCH, [])
+    with caplog.at_level(logging.INFO, logger="kiln_trainer.driver"):
+        log_epochs({"kind": "step", "epoch": 2, "loss": 0.5}, status)
+        log_epochs(EPOCH, status)
+    assert [r.getMessage() for r in caplog.records] == [
+        "epoch 2/10 [####################] step 40 loss 0.5000 val_loss 0.4000 val_accuracy 0.9000 ETA 16s"]
 
 
 def fold(events):
