@@ -7,6 +7,7 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY api ./api
+COPY cli ./cli
 COPY operator ./operator
 # setuptools searches trainer_image/ too; the operator image does not carry the trainer code.
 RUN mkdir -p trainer_image \

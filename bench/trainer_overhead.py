@@ -133,9 +133,10 @@ def run_kiln(job: TrainingJob) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kb-", dir="/tmp") as tmp:
         started = time.time()
         code, runner = run_local(job, tmp, manifest_dir=tmp, stream=io.StringIO())
+        # The per-epoch records `kiln run` writes (metrics.jsonl), not driver internals.
+        events = [json.loads(line) for line in Path(tmp, job.name, "metrics.jsonl").read_text().splitlines()]
     if code != 0:
         raise SystemExit(f"kiln run failed ({code}): {runner.status.message}")
-    events = runner.epoch_events
     steady = events[1:] or events
     n_train = _train_rows(job)
     stall = [e["checkpoint_stall_seconds"] for e in events]

@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from kiln_api import GROUP_VERSION, KIND
+from kiln_api.timefmt import format_time
+
 from .kube import ApiError, KubeClient, concurrently
+from .objects.table import creation_wave
 from .reconciler import Decision
 
 log = logging.getLogger("kiln.operator")
@@ -42,14 +46,14 @@ def merge_patch_diff(old: Any, new: Any) -> Any:
 def event_object(job: dict[str, Any], event_type: str, reason: str, message: str, now: datetime) -> dict[str, Any]:
     """A core/v1 Event about the job (the form `kubectl describe` shows)."""
     meta = job["metadata"]
-    stamp = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = format_time(now)
     return {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace") or "default"},
         "involvedObject": {
-            "apiVersion": job.get("apiVersion", "kiln.dev/v1alpha1"),
-            "kind": job.get("kind", "TrainingJob"),
+            "apiVersion": job.get("apiVersion", GROUP_VERSION),
+            "kind": job.get("kind", KIND),
             "name": meta["name"],
             "namespace": meta.get("namespace") or "default",
             "uid": meta.get("uid", ""),
@@ -80,11 +84,12 @@ def _create_unless_exists(kube: KubeClient, obj: dict[str, Any]) -> int:
 def ensure_created(kube: KubeClient, objects: list[dict[str, Any]]) -> int:
     """Create each object unless it exists; returns how many were created.
 
-    Independent objects go out together, pods last: a pod never exists before the Secret,
-    Service and NetworkPolicy it relies on.
+    Objects of one creation wave (objects/table.py) go out together, waves in order: a pod
+    never exists before the Secret, Service and NetworkPolicy it relies on.
     """
     created = 0
-    for batch in ([o for o in objects if o.get("kind") != "Pod"], [o for o in objects if o.get("kind") == "Pod"]):
+    for wave in sorted({creation_wave(str(o.get("kind"))) for o in objects}):
+        batch = [o for o in objects if creation_wave(str(o.get("kind"))) == wave]
         created += sum(concurrently([lambda obj=obj: _create_unless_exists(kube, obj) for obj in batch]))
     return created
 
@@ -104,7 +109,7 @@ def write_status(kube: KubeClient, job: dict[str, Any], status: dict[str, Any]) 
     if not patch:
         return False
     meta = job["metadata"]
-    kube.patch("TrainingJob", meta.get("namespace") or "default", meta["name"], {"status": patch}, subresource="status")
+    kube.patch(KIND, meta.get("namespace") or "default", meta["name"], {"status": patch}, subresource="status")
     return True
 
 
@@ -128,5 +133,5 @@ def apply_decision(kube: KubeClient, job: dict[str, Any], decision: Decision, no
     written = write_status(kube, job, decision.status)
     post_events(kube, job, decision.events, now)
     if decision.delete_job:
-        ensure_deleted(kube, namespace, [("TrainingJob", job["metadata"]["name"])])
+        ensure_deleted(kube, namespace, [(KIND, job["metadata"]["name"])])
     return written

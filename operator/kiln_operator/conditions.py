@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kiln_api.status import ConditionType
+
 # Every status carries these, in this order (SpecChangeRejected only once it has been True).
-CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "EarlyStopped", "Suspended", "Unschedulable")
+CONDITION_TYPES = tuple(kind.value for kind in ConditionType)
 SPEC_CHANGE_REJECTED = "SpecChangeRejected"
 
 

@@ -26,16 +26,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kiln_api import API_GROUP, API_VERSION, KIND, PLURAL
 
 from .apply import apply_decision
 from .kube import ApiError, KubeClient
 from .metrics import OperatorMetrics
+from .objects.labels import MANAGED_BY_LABEL, MANAGER
 from .observe import observe
 from .reconciler import Decision, decide
 from .settings import OperatorSettings
 
-GROUP, VERSION, PLURAL = "kiln.dev", "v1alpha1", "trainingjobs"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "kiln-operator"}
+RESOURCE = (API_GROUP, API_VERSION, PLURAL)  # what kopf watches: (group, version, plural)
+MANAGED_BY = {MANAGED_BY_LABEL: MANAGER}
 API_RETRY_SECONDS = 2.0
 log = logging.getLogger("kiln.operator")
 
@@ -124,7 +126,7 @@ def _reconcile_locked(runtime: Runtime, namespace: str, name: str) -> Decision |
 def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decision | None:
     """One observe -> decide -> apply pass; the caller holds the job's lock."""
     try:
-        job = runtime.kube.get("TrainingJob", namespace, name)  # fresh: kopf's body may be stale
+        job = runtime.kube.get(KIND, namespace, name)  # fresh: kopf's body may be stale
     except ApiError as exc:
         if exc.status == 404:
             runtime.forget(namespace, name)
@@ -163,18 +165,16 @@ def _run(runtime: Runtime, namespace: str, name: str, *, requeue: bool) -> None:
 
 def _owner_job(body: Any) -> str | None:
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == "TrainingJob" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{API_GROUP}/"):
             return str(ref.get("name"))
     return None
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     """Attach every handler to `registry` (a fresh one per operator, so tests stay isolated)."""
-    resource = (GROUP, VERSION, PLURAL)
-
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.update(*resource, field="spec", registry=registry)
-    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*RESOURCE, registry=registry)
+    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
+    @kopf.on.resume(*RESOURCE, registry=registry)
     def on_change(namespace: str, name: str, **_: Any) -> None:
         _run(runtime, namespace, name, requeue=True)
 
@@ -182,7 +182,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     # and an immediate tick would only queue a second, identical reconcile behind theirs.
     interval = runtime.settings.timer_interval_seconds
 
-    @kopf.timer(*resource, interval=interval, initial_delay=interval, registry=registry)
+    @kopf.timer(*RESOURCE, interval=interval, initial_delay=interval, registry=registry)
     def on_timer(namespace: str, name: str, **_: Any) -> None:
         _run(runtime, namespace, name, requeue=False)
 
@@ -204,7 +204,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         except Exception as exc:  # event handlers are not retried: the timer is the safety net
             log.warning("reconcile of %s/%s after a pod event failed: %s", namespace, job_name, exc)
 
-    @kopf.on.probe(id="trainingjobs", registry=registry)
+    @kopf.on.probe(id=PLURAL, registry=registry)
     def jobs_tracked(**_: Any) -> int:
         # kopf answers /healthz only while its event loop runs; this adds what the operator tracks.
         return runtime.metrics.jobs.count()

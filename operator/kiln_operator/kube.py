@@ -16,8 +16,11 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import urllib3
+from kiln_api import GROUP_VERSION, KIND, PLURAL
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+
+from .objects.table import child_resources
 
 MERGE_PATCH = "application/merge-patch+json"
 # Room for every reconcile thread's concurrent requests: a full urllib3 pool discards
@@ -27,14 +30,12 @@ T = TypeVar("T")
 # One pool per process for the requests of a reconcile that do not depend on each other.
 _CONCURRENT = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kiln-kube")
 
-# kind -> (apiVersion, plural) for everything the operator reads or writes.
+# kind -> (apiVersion, plural) for everything the operator reads or writes: the job's
+# children (their table), the Events it posts, and TrainingJobs themselves.
 RESOURCES: dict[str, tuple[str, str]] = {
-    "Pod": ("v1", "pods"),
-    "Secret": ("v1", "secrets"),
-    "Service": ("v1", "services"),
+    **child_resources(),
     "Event": ("v1", "events"),
-    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
-    "TrainingJob": ("kiln.dev/v1alpha1", "trainingjobs"),
+    KIND: (GROUP_VERSION, PLURAL),
 }
 
 

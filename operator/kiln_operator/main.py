@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import kopf
+from kiln_api import API_GROUP
 from kubernetes import client as k8s_client
 
 from .handlers import MANAGED_BY, Runtime, register
@@ -70,9 +71,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Operator
 def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     config = kopf.OperatorSettings()
     # kopf's bookkeeping goes to annotations: status belongs to Kiln alone.
-    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiln.dev")
-    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kiln.dev", key="last-handled-configuration")
-    config.persistence.finalizer = "kiln.dev/operator"
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP, key="last-handled-configuration")
+    config.persistence.finalizer = f"{API_GROUP}/operator"
     # Namespaces are given exactly; no cluster-wide discovery (and no RBAC for it) is needed.
     config.scanning.disabled = True
     config.posting.level = logging.WARNING

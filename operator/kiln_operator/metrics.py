@@ -9,15 +9,15 @@ from __future__ import annotations
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from kiln_api.status import Phase
+from kiln_api.timefmt import parse_time
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-FINISHED = ("Succeeded", "Failed")
+FINISHED = tuple(phase.value for phase in Phase if phase.is_finished)
 PHASES = tuple(phase.value for phase in Phase)
 # What `handlers` records for the API failures it retries (status 0: unreachable). Other
 # reasons (an exception's class name) appear on first use.
@@ -53,17 +53,11 @@ class _JobsByPhase(Collector):
         yield family
 
 
-def _parse_time(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))  # Python 3.10 lacks the Z suffix
-
-
 def _seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
+    started, ended = parse_time(start), parse_time(end)
+    if started is None or ended is None:
         return None
-    try:
-        return max((_parse_time(end) - _parse_time(start)).total_seconds(), 0.0)
-    except ValueError:
-        return None
+    return max((ended - started).total_seconds(), 0.0)
 
 
 class OperatorMetrics:

@@ -1,4 +1,4 @@
-"""Read what exists for a job: its pods, Secret, Service, NetworkPolicy and the driver's /status.
+"""Read what exists for a job: its child objects (objects/table.py) and the driver's /status.
 
 The I/O edge before `reconciler.decide`: everything here only reads.
 """
@@ -12,9 +12,13 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Any
 
+from kiln_api.spec import MetricsSpec
+
+from . import pod_state
 from .kube import ApiError, KubeClient, concurrently
-from .objects.labels import JOB_NAME_LABEL
+from .objects.labels import JobRef, head_pod_name, job_selector, label_selector
 from .objects.secret import TOKEN_KEY
+from .objects.table import AUTH_SECRET, CHILDREN, HEAD_POD
 from .reconciler import Observation
 
 STATUS_TIMEOUT_SECONDS = 2.0
@@ -52,12 +56,12 @@ def read_token(secret: dict[str, Any] | None) -> str | None:
 
 def head_status_url(job: dict[str, Any], pods: dict[str, dict[str, Any]]) -> str | None:
     """Where the driver serves /status: the running head pod's IP and `spec.metrics.port`."""
-    name = job["metadata"]["name"]
-    head = pods.get(f"{name}-head")
+    head = pods.get(head_pod_name(JobRef(job["metadata"]["name"])))
     status = (head or {}).get("status") or {}
-    if status.get("phase") != "Running" or not status.get("podIP"):
+    if status.get("phase") != pod_state.POD_RUNNING or not status.get("podIP"):
         return None
-    port = ((job.get("spec") or {}).get("metrics") or {}).get("port", 8000)
+    default_port = MetricsSpec.model_fields["port"].default
+    port = ((job.get("spec") or {}).get("metrics") or {}).get("port", default_port)
     return f"http://{status['podIP']}:{port}/status"
 
 
@@ -75,26 +79,41 @@ def fetch_trainer_status(url: str | None, timeout: float = STATUS_TIMEOUT_SECOND
     return body, None
 
 
+def read_children(kube: KubeClient, namespace: str, job: JobRef, uid: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every child object of the job that exists, by (kind, name), in one round trip.
+
+    Listed kinds (pods) come from one label-selected LIST, keeping only those `uid` owns;
+    the others from a GET by name each. Only per-job rows can be read by name: the
+    manifest may not validate, so its worker count is unknown here.
+    """
+    listed = sorted({row.kind for row in CHILDREN if row.listed})
+    named = [(row.kind, row.name(job, 0)) for row in CHILDREN if not row.listed]
+    selector = label_selector(job_selector(job))
+    results = concurrently([
+        *[lambda kind=kind: kube.list(kind, namespace, selector) for kind in listed],
+        *[lambda kind=kind, name=name: _exists(kube, kind, namespace, name) for kind, name in named],
+    ])
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind, items in zip(listed, results[: len(listed)], strict=True):
+        found.update({(kind, obj["metadata"]["name"]): obj for obj in items if owned_by(obj, uid)})
+    for key, obj in zip(named, results[len(listed):], strict=True):
+        if obj is not None:
+            found[key] = obj
+    return found
+
+
 def observe(kube: KubeClient, job: dict[str, Any]) -> tuple[Observation, str | None]:
     """Everything `decide` needs, and the stored Ray token (None when the Secret is missing)."""
     meta = job["metadata"]
-    namespace, name, uid = meta.get("namespace") or "default", meta["name"], meta.get("uid", "")
-    # Four independent reads: one round trip instead of four.
-    listed, secret, service, policy = concurrently([
-        lambda: kube.list("Pod", namespace, f"{JOB_NAME_LABEL}={name}"),
-        lambda: _exists(kube, "Secret", namespace, f"{name}-ray-auth"),
-        lambda: _exists(kube, "Service", namespace, f"{name}-head"),
-        lambda: _exists(kube, "NetworkPolicy", namespace, name),
-    ])
-    pods = {p["metadata"]["name"]: p for p in listed if owned_by(p, uid)}
+    ref = JobRef(meta["name"])
+    found = read_children(kube, meta.get("namespace") or "default", ref, meta.get("uid", ""))
+    pods = {name: obj for (kind, name), obj in found.items() if kind == HEAD_POD.kind}
     trainer_status, error = fetch_trainer_status(head_status_url(job, pods))
     observation = Observation(
         pods=pods,
-        secret_exists=secret is not None,
-        service_exists=service is not None,
-        network_policy_exists=policy is not None,
+        existing=frozenset(found),
         trainer_status=trainer_status,
         trainer_status_error=error,
         now=datetime.now(timezone.utc),
     )
-    return observation, read_token(secret)
+    return observation, read_token(found.get((AUTH_SECRET.kind, AUTH_SECRET.name(ref, 0))))

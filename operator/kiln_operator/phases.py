@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from kiln_api import Phase, TrainingJob
+from kiln_api.timefmt import format_time, parse_time
+
 from . import pod_state
-from .objects import build_auth_secret, build_head_pod, build_head_service, build_network_policy, build_worker_pod
-from .objects.labels import HEAD, WORKER, head_pod_name, worker_pod_name
+from .objects.labels import HEAD, WORKER, head_pod_name
+from .objects.table import CHILDREN, Child, Inputs, Scope
 from .plan import Context, Plan
 from .trainer_report import parse_report, report_phase, report_text, training_fields
 
@@ -20,7 +23,7 @@ POLL_SECONDS = 5.0  # waiting for pods to start or the trainer to report
 def keep(ctx: Context, **overrides: str) -> Plan:
     """A plan that leaves phase, reason and message as they were."""
     return Plan(
-        phase=overrides.get("phase", ctx.prev_phase or "Pending"),
+        phase=overrides.get("phase", ctx.prev_phase or Phase.pending),
         reason=overrides.get("reason", str(ctx.prev.get("reason") or "Created")),
         message=overrides.get("message", str(ctx.prev.get("message") or "")),
     )
@@ -36,7 +39,7 @@ def finished(ctx: Context, ttl: int | None) -> Plan:
     plan.delete_pods(ctx.pods_of(WORKER))
     # A head that still runs holds a node; an ended one costs nothing and keeps `kubectl logs`.
     plan.delete_pods({n: p for n, p in ctx.pods_of(HEAD).items() if pod_state.termination(p) is None})
-    completed = pod_state.parse_time(ctx.prev.get("completionTime"))
+    completed = parse_time(ctx.prev.get("completionTime"))
     if ttl is not None and completed is not None:
         remaining = (completed + timedelta(seconds=ttl) - ctx.now).total_seconds()
         if remaining <= 0:
@@ -48,7 +51,7 @@ def finished(ctx: Context, ttl: int | None) -> Plan:
 
 def fail(ctx: Context, reason: str, message: str, permanent: bool = False) -> Plan:
     """Failed: every pod still running goes; an ended head stays for its logs."""
-    plan = Plan("Failed", reason, message)
+    plan = Plan(Phase.failed, reason, message)
     plan.delete_pods(ctx.pods_of(WORKER))
     plan.delete_pods({n: p for n, p in ctx.pods_of(HEAD).items() if pod_state.termination(p) is None})
     if permanent:
@@ -58,7 +61,7 @@ def fail(ctx: Context, reason: str, message: str, permanent: bool = False) -> Pl
 
 def suspended(ctx: Context) -> Plan:
     plan = Plan(
-        "Suspended",
+        Phase.suspended,
         "Suspended",
         "spec.suspend is true: the job's pods are deleted; it resumes from its latest checkpoint when suspend is false",
     )
@@ -77,7 +80,7 @@ def succeeded(ctx: Context, term: pod_state.Termination) -> Plan:
     message = report_text(report, "message") or (
         "training stopped early: the monitored metric stopped improving" if stopped else "training completed"
     )
-    plan = Plan("Succeeded", reason, message)
+    plan = Plan(Phase.succeeded, reason, message)
     plan.updates.update(fields)
     plan.updates["trainerUnreachableSince"] = None
     if report_text(report, "completionTime"):
@@ -95,17 +98,17 @@ def _earlier_start(reported: str | None, stored: str | None) -> str | None:
     The operator stamps startTime when it first sees Running, which for a short run (or one it
     was down for) can be after training ended: the driver's own start is the truer figure.
     """
-    driver, seen = pod_state.parse_time(reported), pod_state.parse_time(stored)
+    driver, seen = parse_time(reported), parse_time(stored)
     if driver is None or (seen is not None and seen <= driver):
         return None
-    return pod_state.format_time(driver)
+    return format_time(driver)
 
 
 def head_ended_badly(ctx: Context, term: pod_state.Termination) -> Plan:
     """The head's container failed. A verdict from the driver is final; anything else is a lost head."""
     report = parse_report(term.message)
     fields = training_fields(report)
-    if term.exit_code == 2 or report_phase(report) == "Failed":
+    if term.exit_code == 2 or report_phase(report) == Phase.failed:
         # The driver judged the run itself failed (invalid job, divergence, bad data):
         # a new cluster would fail the same way.
         reason = report_text(report, "reason") or ("InvalidJob" if term.exit_code == 2 else "TrainingFailed")
@@ -139,7 +142,7 @@ def head_lost(ctx: Context, why: str) -> Plan:
     restarts += 1
     wait = ctx.settings.backoff_seconds(restarts)
     plan = Plan(
-        "Restarting",
+        Phase.restarting,
         "HeadLost",
         f"{why}; recreating the Ray cluster in {wait:g}s (restart {restarts} of {limit}), resuming from the latest checkpoint",
     )
@@ -157,7 +160,7 @@ def restarting(ctx: Context) -> Plan | None:
         plan.delete_pods(remaining)
         plan.requeue(RETRY_SECONDS)
         return plan
-    since = pod_state.parse_time(ctx.prev.get("lastRestartTime"))
+    since = parse_time(ctx.prev.get("lastRestartTime"))
     restarts = int(ctx.prev.get("restarts") or 0)
     if since is not None:
         wait = (since + timedelta(seconds=ctx.settings.backoff_seconds(restarts)) - ctx.now).total_seconds()
@@ -170,7 +173,7 @@ def restarting(ctx: Context) -> Plan | None:
 
 def lost_head_reason(ctx: Context) -> str | None:
     """Why the head counts as lost (deleted, or /status silent too long while Running), else None."""
-    if ctx.prev_phase not in ("Starting", "Running"):
+    if ctx.prev_phase not in (Phase.starting, Phase.running):
         return None
     name = head_pod_name(ctx.job)
     head = ctx.obs.pods.get(name)
@@ -178,8 +181,8 @@ def lost_head_reason(ctx: Context) -> str | None:
         return f"the head pod {name} disappeared"
     if pod_state.is_deleting(head):
         return f"the head pod {name} is being deleted"
-    since = pod_state.parse_time(ctx.prev.get("trainerUnreachableSince"))
-    if ctx.prev_phase == "Running" and ctx.obs.trainer_status is None and ctx.obs.trainer_status_error and since:
+    since = parse_time(ctx.prev.get("trainerUnreachableSince"))
+    if ctx.prev_phase == Phase.running and ctx.obs.trainer_status is None and ctx.obs.trainer_status_error and since:
         silent = (ctx.now - since).total_seconds()
         if silent >= ctx.settings.status_unreachable_seconds:
             return f"the trainer's /status has not answered for {silent:.0f}s ({ctx.obs.trainer_status_error})"
@@ -192,7 +195,7 @@ def startup_timeout(ctx: Context) -> tuple[Plan | None, float | None]:
     next_deadline: float | None = None
     for name, pod in all_pods(ctx).items():
         created = pod_state.created_at(pod)
-        if pod_state.phase(pod) != "Pending" or pod_state.is_deleting(pod) or created is None:
+        if pod_state.phase(pod) != pod_state.POD_PENDING or pod_state.is_deleting(pod) or created is None:
             continue
         left = (created + timedelta(seconds=limit) - ctx.now).total_seconds()
         if left > 0:
@@ -210,22 +213,26 @@ def startup_timeout(ctx: Context) -> tuple[Plan | None, float | None]:
 
 
 def ensure_objects(ctx: Context, plan: Plan) -> None:
-    """Create what is missing, in order; recreate lost workers."""
-    job, pods_job = ctx.job, ctx.pods_job or ctx.job
-    if not ctx.obs.secret_exists:
-        plan.create.append(build_auth_secret(job, ctx.settings, ctx.token))
-    if not ctx.obs.service_exists:
-        plan.create.append(build_head_service(job, ctx.settings))
-    if not ctx.obs.network_policy_exists:
-        plan.create.append(build_network_policy(job, ctx.settings))
-    if head_pod_name(job) not in ctx.obs.pods:
-        plan.create.append(build_head_pod(pods_job, ctx.settings))
-    started = ctx.prev_phase in ("Starting", "Running")
-    for index in range(pods_job.spec.workers.replicas):
-        name = worker_pod_name(job, index)
+    """Create what is missing, in the table's order; replace ended workers, drop surplus ones."""
+    for row in CHILDREN:
+        # Pods run the accepted spec; the other objects follow the current one.
+        source = (ctx.pods_job or ctx.job) if row.from_pods_spec else ctx.job
+        if not row.wanted(source, ctx.settings):
+            continue
+        if row.scope is Scope.WORKER:
+            _ensure_workers(ctx, plan, row, source)
+        elif not ctx.obs.has(row.kind, row.name(source, 0)):
+            plan.create.append(row.build(Inputs(source, ctx.settings, ctx.token), 0))
+
+
+def _ensure_workers(ctx: Context, plan: Plan, row: Child, pods_job: TrainingJob) -> None:
+    """One pod per worker index: create the missing, replace the ended, delete those beyond the count."""
+    started = ctx.prev_phase in (Phase.starting, Phase.running)
+    for index in row.indices(pods_job):
+        name = row.name(pods_job, index)
         pod = ctx.obs.pods.get(name)
         if pod is None:
-            plan.create.append(build_worker_pod(pods_job, ctx.settings, index))
+            plan.create.append(row.build(Inputs(pods_job, ctx.settings, ctx.token), index))
             if started:
                 plan.events.append(("Normal", "WorkerRecreated", f"worker pod {name} was missing; recreated it"))
         elif pod_state.is_deleting(pod):
@@ -235,5 +242,5 @@ def ensure_objects(ctx: Context, plan: Plan) -> None:
             plan.requeue(RETRY_SECONDS)
             plan.events.append(("Warning", "WorkerFailed", f"worker pod {name} ended ({_exit_text(term)}); replacing it"))
     # Workers beyond the wanted count (left from an older spec) go.
-    wanted = {worker_pod_name(job, i) for i in range(pods_job.spec.workers.replicas)}
+    wanted = set(row.names(pods_job))
     plan.delete_pods({n: p for n, p in ctx.pods_of(WORKER).items() if n not in wanted})

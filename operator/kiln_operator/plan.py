@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kiln_api import TrainingJob, TrainingJobStatus
+from kiln_api import Phase, TrainingJob, TrainingJobStatus
+from kiln_api.timefmt import format_time
 from pydantic import ValidationError
 
 from . import pod_state
@@ -21,8 +22,15 @@ from .reconciler_types import Decision, Observation
 from .settings import OperatorSettings
 from .spec_change import accepted_fields
 
-WARNING_PHASES = ("Failed", "Restarting")
-FINISHED_PHASES = ("Succeeded", "Failed")
+WARNING_PHASES = (Phase.failed, Phase.restarting)
+
+
+def is_finished(phase: str | None) -> bool:
+    """`Phase.is_finished` for a stored phase string ("" or None: no phase yet, so not finished)."""
+    try:
+        return Phase(phase).is_finished
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class Context:
 
     @property
     def stamp(self) -> str:
-        return pod_state.format_time(self.obs.now)
+        return format_time(self.obs.now)
 
     @property
     def prev_phase(self) -> str:
@@ -65,7 +73,7 @@ class Context:
 
 @dataclass
 class Plan:
-    phase: str
+    phase: Phase  # a phase name is accepted too: it is read as the Phase it names
     reason: str
     message: str
     create: list[dict] = field(default_factory=list)
@@ -76,6 +84,9 @@ class Plan:
     permanent_error: str | None = None
     updates: dict[str, Any] = field(default_factory=dict)  # status fields to set (None removes)
     unschedulable: str | None = None  # the scheduler's message, when a pod cannot be placed
+
+    def __post_init__(self) -> None:
+        self.phase = Phase(self.phase)
 
     def delete_pods(self, pods: dict[str, dict]) -> None:
         """Delete these pods unless they are already going."""
@@ -96,21 +107,22 @@ def _workers(ctx: Context) -> dict:
 
 
 def _wanted_conditions(ctx: Context, plan: Plan, status: dict) -> list[Want]:
-    phase, reason, message = plan.phase, plan.reason, plan.message
+    # Plain strings: they become condition reasons (Phase formats as "Phase.running").
+    phase, reason, message = plan.phase.value, plan.reason, plan.message
     workers = status["workers"]
     heads = ctx.pods_of(HEAD)
     pods_ready = bool(heads) and all(pod_state.is_ready(p) for p in heads.values()) and workers["ready"] == workers["desired"]
-    ready = phase == "Running" and pods_ready
+    ready = phase == Phase.running and pods_ready
     early = status.get("earlyStopping") or {}
     stopped = bool(early.get("stopped"))
-    resumed = ctx.prev_phase == "Suspended" or _was_true(ctx, "Suspended")
+    resumed = ctx.prev_phase == Phase.suspended or _was_true(ctx, "Suspended")
 
     def phase_is(name: str, otherwise: str) -> Want:
         """Condition `name` is True exactly in phase `name`, carrying the phase's reason and message."""
         return Want(name, phase == name, reason if phase == name else otherwise, message if phase == name else "")
 
     return [
-        Want("Ready", ready, "AllPodsReady" if ready else ("PodsNotReady" if phase == "Running" else reason),
+        Want("Ready", ready, "AllPodsReady" if ready else ("PodsNotReady" if phase == Phase.running else reason),
              f"{workers['ready']}/{workers['desired']} workers ready"),
         phase_is("Running", phase),
         phase_is("Succeeded", "NotSucceeded"),
@@ -124,7 +136,7 @@ def _wanted_conditions(ctx: Context, plan: Plan, status: dict) -> list[Want]:
 
 def _conditions(ctx: Context, plan: Plan, status: dict) -> list[dict]:
     previous = ctx.prev.get("conditions") or []
-    if ctx.prev_phase in FINISHED_PHASES and plan.phase == ctx.prev_phase and previous:
+    if is_finished(ctx.prev_phase) and plan.phase == ctx.prev_phase and previous:
         # A finished job's conditions tell how it ended (the scheduler's message included):
         # later reconciles only release pods and must not rewrite that account.
         return previous
@@ -177,7 +189,7 @@ def _events(ctx: Context, plan: Plan, status: dict) -> list[tuple[str, str, str]
     events = list(plan.events)
     if plan.phase != ctx.prev_phase:
         kind = "Warning" if plan.phase in WARNING_PHASES else "Normal"
-        events.append((kind, plan.reason, f"{plan.phase}: {plan.message}"))
+        events.append((kind, plan.reason, f"{plan.phase.value}: {plan.message}"))
     new = find(status["conditions"], SPEC_CHANGE_REJECTED)
     old = find(ctx.prev.get("conditions") or [], SPEC_CHANGE_REJECTED)
     if new and new["status"] == "True" and (not old or old.get("status") != "True" or old.get("message") != new["message"]):
@@ -187,7 +199,7 @@ def _events(ctx: Context, plan: Plan, status: dict) -> list[tuple[str, str, str]
 
 def to_decision(ctx: Context, plan: Plan) -> Decision:
     status: dict[str, Any] = {k: v for k, v in ctx.prev.items() if k != "conditions"}
-    status.update(phase=plan.phase, reason=plan.reason, message=plan.message)
+    status.update(phase=plan.phase.value, reason=plan.reason, message=plan.message)
     for key, value in plan.updates.items():
         if value is None:
             status.pop(key, None)
@@ -196,9 +208,9 @@ def to_decision(ctx: Context, plan: Plan) -> Decision:
     if ctx.generation is not None:
         status["observedGeneration"] = ctx.generation
     status["workers"] = _workers(ctx)
-    if plan.phase == "Running" and not status.get("startTime"):
+    if plan.phase is Phase.running and not status.get("startTime"):
         status["startTime"] = ctx.stamp
-    if plan.phase in ("Succeeded", "Failed") and not status.get("completionTime"):
+    if plan.phase.is_finished and not status.get("completionTime"):
         status["completionTime"] = ctx.stamp
     if ctx.job is not None:
         status.update(accepted_fields(ctx.pods_job or ctx.job))
@@ -215,4 +227,4 @@ def to_decision(ctx: Context, plan: Plan) -> Decision:
     )
 
 
-__all__ = ["Context", "Plan", "clean_status", "stored_status", "to_decision"]
+__all__ = ["Context", "Plan", "clean_status", "is_finished", "stored_status", "to_decision"]

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
+from kiln_api.timefmt import parse_time
 
-def parse_time(value: str | None) -> datetime | None:
-    """RFC 3339 -> aware datetime; None for missing or unparseable values."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def format_time(moment: datetime) -> str:
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    return aware.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+# core/v1 PodPhase values: a pod's phase, not a TrainingJob's (kiln_api.Phase), though some names match.
+POD_PENDING = "Pending"
+POD_RUNNING = "Running"
+POD_SUCCEEDED = "Succeeded"
+POD_FAILED = "Failed"
 
 
 @dataclass(frozen=True)
@@ -34,7 +26,7 @@ def _status(pod: dict) -> dict:
 
 
 def phase(pod: dict) -> str:
-    return str(_status(pod).get("phase") or "Pending")
+    return str(_status(pod).get("phase") or POD_PENDING)
 
 
 def is_deleting(pod: dict) -> bool:
@@ -51,9 +43,9 @@ def termination(pod: dict) -> Termination | None:
                 reason=str(terminated.get("reason") or ""),
                 message=str(terminated.get("message") or ""),
             )
-    if phase(pod) in ("Failed", "Succeeded"):
+    if phase(pod) in (POD_FAILED, POD_SUCCEEDED):
         status = _status(pod)
-        code = 0 if phase(pod) == "Succeeded" else None
+        code = 0 if phase(pod) == POD_SUCCEEDED else None
         return Termination(code, str(status.get("reason") or phase(pod)), str(status.get("message") or ""))
     return None
 
@@ -67,7 +59,7 @@ def _condition(pod: dict, kind: str) -> dict | None:
 
 def is_ready(pod: dict) -> bool:
     ready = _condition(pod, "Ready")
-    return phase(pod) == "Running" and not is_deleting(pod) and bool(ready) and ready.get("status") == "True"
+    return phase(pod) == POD_RUNNING and not is_deleting(pod) and bool(ready) and ready.get("status") == "True"
 
 
 def unschedulable_message(pod: dict) -> str | None:

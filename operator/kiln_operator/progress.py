@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kiln_api import Phase
+
 from . import pod_state
 from .objects.labels import HEAD, WORKER
 from .phases import POLL_SECONDS, ensure_objects
@@ -9,23 +11,23 @@ from .plan import Context, Plan
 from .trainer_report import report_phase, training_fields
 
 
-def _phase(ctx: Context, plan: Plan) -> tuple[str, str, str]:
+def _phase(ctx: Context, plan: Plan) -> tuple[Phase, str, str]:
     heads = ctx.pods_of(HEAD)
     workers = ctx.pods_of(WORKER)
     trainer = report_phase(ctx.obs.trainer_status)
-    head_running = any(pod_state.phase(p) == "Running" and not pod_state.is_deleting(p) for p in heads.values())
-    if head_running and (trainer in ("Running", "Succeeded", "Failed") or ctx.prev_phase == "Running"):
-        return "Running", "Training", "the trainer reports training in progress"
+    head_running = any(pod_state.phase(p) == pod_state.POD_RUNNING and not pod_state.is_deleting(p) for p in heads.values())
+    if head_running and (trainer in (Phase.running, Phase.succeeded, Phase.failed) or ctx.prev_phase == Phase.running):
+        return Phase.running, "Training", "the trainer reports training in progress"
     everything_running = (
         not plan.create
         and bool(heads)
-        and all(pod_state.phase(p) == "Running" for p in [*heads.values(), *workers.values()])
+        and all(pod_state.phase(p) == pod_state.POD_RUNNING for p in [*heads.values(), *workers.values()])
     )
-    if everything_running or (ctx.prev_phase == "Starting" and head_running):
-        return "Starting", "WaitingForTrainer", "the Ray cluster's pods run; waiting for the trainer to report Running"
+    if everything_running or (ctx.prev_phase == Phase.starting and head_running):
+        return Phase.starting, "WaitingForTrainer", "the Ray cluster's pods run; waiting for the trainer to report Running"
     if plan.create:
-        return "Pending", "Creating", f"creating {len(plan.create)} object(s)"
-    return "Pending", "PodsPending", "waiting for the job's pods to be scheduled and started"
+        return Phase.pending, "Creating", f"creating {len(plan.create)} object(s)"
+    return Phase.pending, "PodsPending", "waiting for the job's pods to be scheduled and started"
 
 
 def _unschedulable(ctx: Context) -> str | None:
@@ -45,20 +47,20 @@ def _trainer_fields(ctx: Context, plan: Plan) -> None:
     if ctx.obs.trainer_status is not None:
         plan.updates.update(training_fields(ctx.obs.trainer_status))
         plan.updates["trainerUnreachableSince"] = None
-    elif ctx.obs.trainer_status_error and plan.phase == "Running" and not ctx.prev.get("trainerUnreachableSince"):
+    elif ctx.obs.trainer_status_error and plan.phase is Phase.running and not ctx.prev.get("trainerUnreachableSince"):
         plan.updates["trainerUnreachableSince"] = ctx.stamp
 
 
 def progress(ctx: Context, next_deadline: float | None) -> Plan:
-    plan = Plan("Pending", "", "")
+    plan = Plan(Phase.pending, "", "")
     ensure_objects(ctx, plan)
     plan.phase, plan.reason, plan.message = _phase(ctx, plan)
-    if plan.phase != "Running":
+    if plan.phase is not Phase.running:
         plan.unschedulable = _unschedulable(ctx)
     _trainer_fields(ctx, plan)
-    if plan.phase != "Running" and ctx.prev.get("trainerUnreachableSince"):
+    if plan.phase is not Phase.running and ctx.prev.get("trainerUnreachableSince"):
         plan.updates["trainerUnreachableSince"] = None
-    if plan.phase != "Running":
+    if plan.phase is not Phase.running:
         plan.requeue(POLL_SECONDS if next_deadline is None else min(POLL_SECONDS, next_deadline))
     elif ctx.prev.get("trainerUnreachableSince") or plan.updates.get("trainerUnreachableSince"):
         plan.requeue(POLL_SECONDS)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from kiln_api import TrainingJob
+from kiln_api import Phase, TrainingJob
 from kiln_api.errors import pydantic_errors
 from pydantic import ValidationError
 
@@ -32,7 +32,7 @@ from .phases import (
     succeeded,
     suspended,
 )
-from .plan import Context, Plan, stored_status, to_decision
+from .plan import Context, Plan, is_finished, stored_status, to_decision
 from .progress import progress
 from .reconciler_types import Decision, Observation
 from .settings import OperatorSettings
@@ -58,11 +58,11 @@ def _running_plan(ctx: Context) -> Plan:
     job = ctx.job
     head = ctx.obs.pods.get(head_pod_name(job))
     term = pod_state.termination(head) if head is not None and not pod_state.is_deleting(head) else None
-    if term is not None and term.exit_code == 0 and ctx.prev_phase != "Restarting":
+    if term is not None and term.exit_code == 0 and ctx.prev_phase != Phase.restarting:
         return succeeded(ctx, term)
     if job.spec.suspend:
         return suspended(ctx)
-    if ctx.prev_phase == "Restarting":
+    if ctx.prev_phase == Phase.restarting:
         waiting = restarting(ctx)
         if waiting is not None:
             return waiting
@@ -79,7 +79,7 @@ def decide(job_manifest: dict, observation: Observation, settings: OperatorSetti
     # A status someone else wrote (or an older operator) may not validate: keep what does.
     prev = stored_status(raw)
     base = Context(manifest=job_manifest, obs=observation, settings=settings, token=token, prev=prev)
-    if base.prev_phase in ("Succeeded", "Failed"):
+    if is_finished(base.prev_phase):
         return to_decision(base, finished(base, _ttl(job_manifest)))
     job = _validate(job_manifest)
     if isinstance(job, str):

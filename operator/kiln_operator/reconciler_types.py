@@ -10,12 +10,14 @@ from datetime import datetime
 @dataclass(frozen=True)
 class Observation:
     pods: Mapping[str, dict]  # this job's pods by name, as read from the API (status included)
-    secret_exists: bool
-    service_exists: bool
-    network_policy_exists: bool
+    # (kind, name) of every child object of the job that exists (objects/table.py), pods included.
+    existing: frozenset[tuple[str, str]]
     trainer_status: dict | None  # parsed JSON from the head's /status; None if not fetched or failed
     trainer_status_error: str | None
     now: datetime
+
+    def has(self, kind: str, name: str) -> bool:
+        return (kind, name) in self.existing
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from kiln_api.storage_paths import PVC_SCHEME, is_pvc, split_pvc
+
 
 class SettingsError(ValueError):
     """A setting has a value the operator cannot use."""
@@ -86,8 +88,10 @@ def _pull_policy(raw: str) -> str:
 
 
 def _storage(raw: str) -> str:
-    if not raw.startswith(("pvc://", "s3://")):
+    if not raw.startswith((PVC_SCHEME, "s3://")):
         raise ValueError("must be shared storage: a pvc://claim/path or s3://bucket/prefix URL")
+    if is_pvc(raw):
+        split_pvc(raw)  # a claim name is required: every job's pods would mount it
     return raw
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kiln_api import TrainingJob
+from kiln_api import Phase, TrainingJob
 from pydantic import ValidationError
 
 from . import pod_state
@@ -20,7 +20,7 @@ from .objects.labels import MUTABLE_SPEC_FIELDS, SPEC_HASH_ANNOTATION, head_pod_
 
 MAX_LISTED = 5
 # With no pods in these phases nothing runs an older spec; Restarting must rebuild what ran.
-ACCEPTING_PHASES = ("", "Pending", "Suspended")
+ACCEPTING_PHASES = ("", Phase.pending, Phase.suspended)
 UNREADABLE = "the spec changed while the job runs; the running pods keep their original spec"
 
 

@@ -55,7 +55,7 @@ class OperatorProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"==== operator start #{self.starts + 1} ====\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kiln_api.cli", "operator", "--kubeconfig", self.kubeconfig],
+                [sys.executable, "-m", "kiln_cli.main", "operator", "--kubeconfig", self.kubeconfig],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )
         self.starts += 1

@@ -33,10 +33,10 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 import torch
+from kiln_api.timefmt import rfc3339
 
 from .storage import is_remote
 
@@ -109,10 +109,6 @@ def serialize_state(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class CheckpointStore:
@@ -194,7 +190,7 @@ class CheckpointStore:
             "epoch": epoch,
             "step": step,
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
-            "timestamp": _now(),
+            "timestamp": rfc3339(),
             "files": {rel: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for rel, data in files.items()},
         }
         if self.remote:

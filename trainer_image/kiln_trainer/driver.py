@@ -2,7 +2,7 @@
 
 It validates the job, serves /metrics, /status and /healthz, connects to (or starts) Ray,
 checks that the cluster can hold the workers at all, starts a Ray Train `TorchTrainer`
-whose workers run `training.train_worker`, and folds the workers' progress events into
+whose workers run `worker_main.train_worker`, and folds the workers' progress events into
 the status and the Prometheus metrics while `fit()` runs on a background thread.
 
 Exit codes (docs/contracts.md): 0 success (including early stop), 1 training failure
@@ -26,11 +26,28 @@ from typing import Any, Optional
 from kiln_api import TrainingJob
 from kiln_api.errors import pydantic_errors
 from kiln_api.status import Phase, TrainingJobStatus, WorkersStatus
+from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from pydantic import ValidationError
 
+from .channel import progress_actor
+from .console import epoch_line
+from .events import (
+    CheckpointSaved,
+    EpochEnded,
+    Event,
+    Finished,
+    FirstStep,
+    GpuSampled,
+    SpecInvalid,
+    Started,
+    StatusSet,
+    UnknownEvent,
+    from_wire,
+)
 from .metrics import KilnMetrics, start_server
-from .progress import apply_event, compact_status, driver_status_json, epoch_line, fail, initial_status, progress_actor
-from .storage import DEFAULT_PVC_ROOT, resolve_location
+from .status_json import compact_status, driver_status_json
+from .status_reducer import apply_event, fail, initial_status
+from .storage import resolve_location
 
 log = logging.getLogger("kiln_trainer.driver")
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -39,7 +56,7 @@ RESOURCE_POLL_S = 2.0
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 LOCAL_HEALTH_CHECK_INTERVAL_S = "0.5"
 
-Listener = Callable[[dict[str, Any], TrainingJobStatus], None]
+Listener = Callable[[Event, TrainingJobStatus], None]
 
 
 class ClusterTooSmall(Exception):
@@ -50,7 +67,7 @@ class ClusterTooSmall(Exception):
 class DriverOptions:
     checkpoint_dir: str
     ray_address: Optional[str] = None  # None: start a local Ray cluster
-    pvc_root: str = DEFAULT_PVC_ROOT
+    pvc_root: str = PVC_MOUNT_ROOT
     model_path: Optional[str] = None
     port: int = 8000
     port_fallback: bool = False
@@ -95,54 +112,59 @@ class JobRunner:
         self.metrics.on_start(job.spec.hyperparameters.epochs, 0, 0)
         self._lock = threading.Lock()
         self._epoch_seconds: list[float] = []
-        self.error: Optional[dict[str, Any]] = None
-        self.finished: Optional[dict[str, Any]] = None
-        self.stall_seconds = 0.0
-        self.epoch_seconds_total = 0.0
+        self.error: Optional[SpecInvalid] = None
+        self.finished: Optional[Finished] = None
         self.port: Optional[int] = None
         self.first_step_time: Optional[float] = None
-        self.epoch_events: list[dict[str, Any]] = []
 
     def status_json(self) -> dict[str, Any]:
         with self._lock:
             return driver_status_json(self.status)
 
-    def handle(self, event: dict[str, Any]) -> None:
-        kind = event.get("kind")
+    def handle_wire(self, data: dict[str, Any]) -> None:
+        """One event as it came from a worker; one this build cannot read is logged and skipped."""
+        try:
+            event = from_wire(data)
+        except (UnknownEvent, TypeError) as exc:
+            log.warning("ignoring a progress event: %s", exc)
+            return
+        self.handle(event)
+
+    def handle(self, event: Event) -> None:
         with self._lock:
-            if kind == "first_step":
-                self.first_step_time = event["unix_time"]
-                return
-            if kind == "gpu":
-                self.metrics.on_epoch({"epoch": self.status.progress.epoch, "step": self.status.progress.step, **event})
-                return
-            if kind == "error":
-                self.error = event
-                self.status = fail(self.status, "InvalidSpec", event["message"])
-            else:
-                self.status = apply_event(self.status, event, self._epoch_seconds)
-            if kind == "started":
-                self.metrics.on_start(event["total_epochs"], event["epoch"], event["step"])
-                replicas = self.job.spec.workers.replicas
-                self.status.workers = WorkersStatus(desired=replicas, ready=replicas, summary=f"{replicas}/{replicas}")
-            elif kind == "epoch":
-                self.metrics.on_epoch(event)
-                self.stall_seconds = event.get("checkpoint_stall_seconds") or 0.0
-                self.epoch_seconds_total += event["epoch_seconds"]
-                self.epoch_events.append(event)
-            elif kind == "checkpoint":
-                self.metrics.on_checkpoint(event)
-            elif kind == "finished":
-                self.finished = event
+            self._observe(event)
             status = self.status
         for listener in self.options.listeners:
             listener(event, status)
+
+    def _observe(self, event: Event) -> None:
+        """Fold `event` into the status, the metrics and what the driver concludes from (lock held)."""
+        if isinstance(event, SpecInvalid):
+            self.error = event
+            self.status = fail(self.status, "InvalidSpec", event.message)
+            return
+        self.status = apply_event(self.status, event, self._epoch_seconds)
+        match event:
+            case Started():
+                self.metrics.on_start(event.total_epochs, event.epoch, event.step)
+                replicas = self.job.spec.workers.replicas
+                self.status.workers = WorkersStatus(desired=replicas, ready=replicas, summary=f"{replicas}/{replicas}")
+            case EpochEnded():
+                self.metrics.on_epoch(event)
+            case GpuSampled():
+                self.metrics.on_gpu(event.gpu)
+            case CheckpointSaved():
+                self.metrics.on_checkpoint(event)
+            case FirstStep():
+                self.first_step_time = event.unix_time
+            case Finished():
+                self.finished = event
 
     def set_status(self, status: TrainingJobStatus) -> None:
         with self._lock:
             self.status = status
         for listener in self.options.listeners:
-            listener({"kind": "status"}, status)
+            listener(StatusSet(), status)
 
     # ------------------------------------------------------------------ running
 
@@ -218,11 +240,11 @@ class JobRunner:
         import ray
 
         for event in ray.get(channel.drain.remote(), timeout=60):
-            self.handle(event)
+            self.handle_wire(event)
 
     def _conclude(self, outcome: dict[str, Any]) -> int:
         if self.error is not None:
-            print(f"kiln: {self.error['message']}", file=sys.stderr)
+            print(f"kiln: {self.error.message}", file=sys.stderr)
             return EXIT_INVALID
         if "error" in outcome:
             return self._failed("TrainingFailed", f"training failed: {short_error(outcome['error'])}")
@@ -245,9 +267,6 @@ class JobRunner:
                 handle.write(compact_status(self.status))
         except OSError as exc:
             log.warning("could not write the termination message to %s: %s", path, exc)
-
-    def checkpoint_stall_fraction(self) -> Optional[float]:
-        return self.stall_seconds / self.epoch_seconds_total if self.epoch_seconds_total > 0 else None
 
 
 def _fit(trainer: Any, outcome: dict[str, Any]) -> None:
@@ -291,7 +310,7 @@ def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .training import train_worker
+    from .worker_main import train_worker
 
     w = job.spec.workers
     resources: dict[str, float] = {"CPU": w.cpus_per_worker}
@@ -321,9 +340,9 @@ def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any
 # ---------------------------------------------------------------------- pod entry point
 
 
-def log_epochs(event: dict[str, Any], status: TrainingJobStatus) -> None:
+def log_epochs(event: Event, status: TrainingJobStatus) -> None:
     """`kubectl logs <job>-head` shows the same per-epoch lines as `kiln run`."""
-    if event.get("kind") == "epoch":
+    if isinstance(event, EpochEnded):
         log.info("%s", epoch_line(event, status))
 
 
@@ -357,7 +376,7 @@ def main(environ: Optional[dict[str, str]] = None) -> int:
     except ValueError as exc:
         print(f"kiln: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    pvc_root = environ.get("KILN_PVC_ROOT", DEFAULT_PVC_ROOT)
+    pvc_root = environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT)
     storage = environ.get("KILN_CHECKPOINT_DIR") or job.spec.checkpoint.storage
     if not storage:
         print("kiln: spec.checkpoint.storage: not set and KILN_CHECKPOINT_DIR is empty", file=sys.stderr)

@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 from kiln_api.spec import EarlyStoppingSpec, Mode
 
+from .data.errors import SpecError
+
 ORDER = {"min": "<", "max": ">"}
 
 
@@ -152,3 +154,38 @@ class EarlyStopping:
         self.best_score = float(state["best_score"])
         self.patience = int(state["patience"])
         self.current = state.get("current")
+
+
+OUTCOME_OF_STOP = {"non_finite": "non_finite", "divergence": "diverged"}
+
+
+def outcome_of(decision: Optional[Decision], interrupted: bool) -> str:
+    """The run's outcome after `decision` (the last check), or after a stop request."""
+    if decision is not None and decision.should_stop:
+        return OUTCOME_OF_STOP.get(decision.kind or "", "early_stopped")
+    return "interrupted" if interrupted else "completed"
+
+
+def monitored_value(metrics: dict[str, float], metric: str) -> float:
+    """The monitored metric, or a SpecError naming the field when the run does not produce it."""
+    if metric not in metrics:
+        available = ", ".join(sorted(metrics)) or "none"
+        raise SpecError("spec.earlyStopping.metric", f"{metric!r} is not a metric this run produces (available: {available})")
+    return metrics[metric]
+
+
+def early_stopping_state(stopper: Optional[EarlyStopping], decision: Optional[Decision]) -> Optional[dict[str, Any]]:
+    """The early-stopping fields of the status, from an EarlyStopping and its last decision."""
+    if stopper is None:
+        return None
+    stopped = bool(decision and decision.should_stop)
+    return {
+        "metric": stopper.metric,
+        "current": stopper.current,
+        "best": stopper.best,
+        "wait": stopper.wait_count,
+        "patience": stopper.patience,
+        "stopped": stopped,
+        "stopped_epoch": stopper.stopped_epoch if stopped else None,
+        "reason": decision.reason if decision and stopped else None,
+    }

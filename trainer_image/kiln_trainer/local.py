@@ -21,11 +21,14 @@ from typing import Any, Optional, TextIO
 from kiln_api import TrainingJob
 from kiln_api.loading import load_jobs
 from kiln_api.status import TrainingJobStatus
+from kiln_api.storage_paths import PVC_MOUNT_ROOT
 
+from .console import epoch_line, progress_line, validation_text
 from .curves import plot_curves, read_jsonl
 from .driver import EXIT_INVALID, DriverOptions, JobRunner
-from .progress import epoch_line, progress_line, status_document, validation_text
-from .storage import DEFAULT_PVC_ROOT, resolve_location
+from .events import EpochEnded, Event, Started, StepProgress
+from .status_json import status_document
+from .storage import resolve_location
 from .worker import write_bytes
 
 
@@ -58,20 +61,21 @@ class LocalOutputs:
         self.last_val = ""
         self.started = time.monotonic()
 
-    def __call__(self, event: dict[str, Any], status: TrainingJobStatus) -> None:
-        kind = event.get("kind")
-        if kind == "started":
-            self._rewrite_log(event["epoch"], event.get("history") or [])
-            self._line(event.get("message") or "")
-        elif kind == "epoch":
-            record = {"epoch": event["epoch"], "step": event["step"], **event["metrics"],
-                      "samples_per_second": event.get("samples_per_second"), "epoch_seconds": event.get("epoch_seconds")}
-            with open(self.metrics_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            self.last_val = validation_text(event["metrics"])
-            self._line(epoch_line(event, status))
-        elif kind == "step" and self.tty:
-            self._bar(progress_line(status, event.get("loss"), self.last_val, batch=(event["batch"], event["batches"])))
+    def __call__(self, event: Event, status: TrainingJobStatus) -> None:
+        match event:
+            case Started():
+                self._rewrite_log(event.epoch, event.history)
+                self._line(event.message)
+            case EpochEnded():
+                record = {"epoch": event.epoch, "step": event.step, **event.metrics,
+                          "samples_per_second": event.samples_per_second, "epoch_seconds": event.epoch_seconds,
+                          "checkpoint_stall_seconds": event.checkpoint_stall_seconds}
+                with open(self.metrics_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                self.last_val = validation_text(event.metrics)
+                self._line(epoch_line(event, status))
+            case StepProgress() if self.tty:
+                self._bar(progress_line(status, event.loss, self.last_val, batch=(event.batch, event.batches)))
         self.write_status(status)
 
     def write_status(self, status: TrainingJobStatus) -> None:
@@ -111,7 +115,7 @@ def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: Tex
     """Train `job` on a fresh local Ray cluster (or the one this process already has)."""
     out_dir = os.path.join(out_root, job.name)
     os.makedirs(out_dir, exist_ok=True)
-    pvc_root = os.environ.get("KILN_PVC_ROOT", DEFAULT_PVC_ROOT)
+    pvc_root = os.environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT)
     storage = job.spec.checkpoint.storage
     checkpoint_dir = resolve_location(storage, pvc_root) if storage else os.path.join(out_dir, "checkpoints")
     outputs = LocalOutputs(out_dir, stream)

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
 
+from .events import CheckpointSaved, EpochEnded
+
 log = logging.getLogger("kiln_trainer.metrics")
 
 JOB_LABELS = ("job_name", "job_namespace")
@@ -63,10 +65,10 @@ class KilnMetrics:
         self._l(self.epoch).set(epoch)
         self._l(self.step).set(step)
 
-    def on_epoch(self, event: dict[str, Any]) -> None:
-        metrics: dict[str, float] = event.get("metrics", {})
-        self._l(self.epoch).set(event["epoch"])
-        self._l(self.step).set(event["step"])
+    def on_epoch(self, event: EpochEnded) -> None:
+        metrics = event.metrics
+        self._l(self.epoch).set(event.epoch)
+        self._l(self.step).set(event.step)
         if "train_loss" in metrics:
             self._l(self.train_loss).set(metrics["train_loss"])
         if "val_loss" in metrics:
@@ -74,21 +76,21 @@ class KilnMetrics:
         for name, value in metrics.items():
             if name.startswith("val_") and name != "val_loss":
                 self._l(self.validation_metric, metric=name[len("val_") :]).set(value)
-        if event.get("samples_per_second") is not None:
-            self._l(self.samples_per_second).set(event["samples_per_second"])
-        if event.get("epoch_seconds") is not None:
-            self._l(self.epoch_duration).observe(event["epoch_seconds"])
-        stopping = event.get("early_stopping")
-        if stopping:
-            self._l(self.early_stopping_wait).set(stopping.get("wait", 0))
-        for worker, gpu in (event.get("gpu") or {}).items():
-            self._l(self.gpu_utilization, worker=str(worker)).set(gpu.get("utilization", 0.0))
-            self._l(self.gpu_memory, worker=str(worker)).set(gpu.get("memory_bytes", 0))
+        if event.samples_per_second is not None:
+            self._l(self.samples_per_second).set(event.samples_per_second)
+        self._l(self.epoch_duration).observe(event.epoch_seconds)
+        if event.early_stopping:
+            self._l(self.early_stopping_wait).set(event.early_stopping.get("wait", 0))
 
-    def on_checkpoint(self, event: dict[str, Any]) -> None:
-        self._l(self.checkpoint_duration).observe(event["seconds"])
-        self._l(self.checkpoint_last).set(event["unix_time"])
-        best = event.get("best")
+    def on_gpu(self, gpu: dict[str, dict[str, float]]) -> None:
+        for worker, figures in gpu.items():
+            self._l(self.gpu_utilization, worker=str(worker)).set(figures.get("utilization", 0.0))
+            self._l(self.gpu_memory, worker=str(worker)).set(figures.get("memory_bytes", 0))
+
+    def on_checkpoint(self, event: CheckpointSaved) -> None:
+        self._l(self.checkpoint_duration).observe(event.seconds)
+        self._l(self.checkpoint_last).set(event.unix_time)
+        best = event.best
         if best:
             self._l(self.best_metric, metric=best["metric"]).set(best["value"])
 

@@ -16,11 +16,12 @@ from collections.abc import Callable
 
 import torch
 from kiln_api.spec import Activation, ModelSpec, PretrainedSpec
+from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from torch import nn
 
 from .data.errors import SpecError
 from .resnets import resnet as builtin_resnet
-from .storage import DEFAULT_PVC_ROOT, exists, open_file, resolve_location
+from .storage import exists, open_file, resolve_location
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _resnet_factory() -> Callable[[str], nn.Module]:
     return lambda arch: getattr(tv_models, arch)(weights=None)
 
 
-def load_pretrained(model: nn.Module, spec: PretrainedSpec, *, pvc_root: str = DEFAULT_PVC_ROOT) -> None:
+def load_pretrained(model: nn.Module, spec: PretrainedSpec, *, pvc_root: str = PVC_MOUNT_ROOT) -> None:
     """Load saved weights into `model`'s backbone (and its head where shapes fit), then freeze if asked.
 
     Accepts a bare state dict or a checkpoint dict holding one under model_state_dict /

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -27,47 +26,28 @@ from typing import Any, Optional
 
 from kiln_api import TrainingJob
 
-from .checkpoints import BackgroundWriter, CheckpointInfo, CheckpointStore, is_better, serialize_state
 from .data.errors import SpecError
-from .early_stopping import Decision, EarlyStopping
 from .evaluation import all_reduce_sum
-from .training import early_stopping_state, monitored_value, outcome_of
+from .run_core import RunCore
 from .worker import RunPaths, WorkerEnv
 
 log = logging.getLogger("kiln_trainer.sdk")
 
 
 class Session:
-    """The SDK's per-worker state for one run of a custom entrypoint."""
+    """The SDK's per-worker state for one run of a custom entrypoint: the user's code trains,
+    the `RunCore` keeps checkpoints, early stopping and progress as for built-in models."""
 
     def __init__(self, job: TrainingJob, env: WorkerEnv, paths: RunPaths) -> None:
         self.job, self.env, self.paths = job, env, paths
-        ck = job.spec.checkpoint
-        self.store = CheckpointStore(paths.checkpoint_dir, keep=ck.keep, metric=ck.metric, mode=ck.effective_mode.value)
-        self.stopper = EarlyStopping.from_spec(job.spec.early_stopping) if job.spec.early_stopping else None
-        self.writer = BackgroundWriter(self.store, self._on_saved) if env.rank == 0 else None
-        self.epoch = 0
-        self.decision: Optional[Decision] = None
-        self.interrupted = False
-        self.best: Optional[dict[str, Any]] = None
+        self.core = RunCore(job, env, paths)
         self.last_metrics: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
-        self.resumed: Optional[CheckpointInfo] = None
         self._scratch = tempfile.mkdtemp(prefix="kiln-ckpt-")
         self._last_report = time.perf_counter()
 
-    def resume(self) -> None:
-        if not self.job.spec.checkpoint.resume:
-            return
-        self.resumed = self.store.latest_valid()
-        if self.resumed is None:
-            return
-        saved = self.store.load_state(self.resumed)
-        self.epoch, self.best, self.history = saved["epoch"], saved.get("best"), saved.get("history", [])
-        if self.stopper is not None and saved.get("early_stopping"):
-            self.stopper.load_state_dict(saved["early_stopping"])
-        if self.writer is not None:
-            self.writer.protected = frozenset({self.resumed.name})
+    @property
+    def epoch(self) -> int:
+        return self.core.state.epoch
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Optional[str]) -> None:
         started = time.perf_counter()
@@ -76,52 +56,28 @@ class Session:
         sums = all_reduce_sum([float(metrics[n]) for n in names] + [stop], self.env.device)
         world = float(self.env.world_size)
         reduced = {n: v / world for n, v in zip(names, sums[:-1], strict=True)}
-        self.interrupted = sums[-1] > 0
-        self.epoch += 1
         self.last_metrics = reduced
-        self.history.append({"epoch": float(self.epoch), **reduced})
-        if self.stopper is not None:
-            self.decision = self.stopper.update(monitored_value(reduced, self.stopper.metric), self.epoch)
-        stopping = self.should_stop()
-        stall = 0.0
-        if self.writer is not None and (self.epoch % self.job.spec.checkpoint.every_epochs == 0 or stopping):
-            stall = self._checkpoint(reduced, checkpoint_dir)
-        self.env.emit({"kind": "epoch", "epoch": self.epoch, "step": self.epoch, "metrics": reduced,
-                       "samples_per_second": reduced.get("samples_per_second"),
-                       "epoch_seconds": started - self._last_report, "checkpoint_stall_seconds": stall,
-                       "early_stopping": early_stopping_state(self.stopper, self.decision)})
+        self.core.end_epoch(reduced, interrupted=sums[-1] > 0)
+        # Custom code has no optimizer-step counter of ours: a step is an epoch.
+        self.core.state.step = self.core.state.epoch
+        if self.core.checkpoint_due():
+            self.core.checkpoint(reduced, {}, user_dir=checkpoint_dir)
+        self.core.emit_epoch(reduced, started - self._last_report, reduced.get("samples_per_second"))
         self._last_report = time.perf_counter()
 
-    def _checkpoint(self, metrics: dict[str, float], checkpoint_dir: Optional[str]) -> float:
-        started = time.perf_counter()
-        metric, mode = self.store.metric, self.store.mode
-        value = metrics.get(metric)
-        if value is not None and math.isfinite(value) and is_better(value, self.best["value"] if self.best else None, mode):
-            self.best = {"metric": metric, "value": value, "epoch": self.epoch,
-                         "checkpoint": f"{self.store.location}/epoch-{self.epoch:06d}"}
-        state = {"epoch": self.epoch, "best": self.best, "history": self.history,
-                 "early_stopping": self.stopper.state_dict() if self.stopper is not None else None}
-        assert self.writer is not None
-        self.writer.submit(self.epoch, serialize_state(state), step=self.epoch, metrics=metrics, user_dir=checkpoint_dir)
-        return time.perf_counter() - started
-
-    def _on_saved(self, info: CheckpointInfo, seconds: float) -> None:
-        self.env.emit({"kind": "checkpoint", "epoch": info.epoch, "location": info.location, "seconds": seconds,
-                       "unix_time": time.time(), "best": self.best})
-
     def should_stop(self) -> bool:
-        return self.interrupted or bool(self.decision and self.decision.should_stop)
+        return self.core.should_stop()
 
     def checkpoint_path(self) -> Optional[str]:
-        info = self.store.latest_valid() if self.job.spec.checkpoint.resume or self.epoch > 0 else None
+        store = self.core.store
+        info = store.latest_valid() if self.job.spec.checkpoint.resume or self.epoch > 0 else None
         if info is None:
             return None
         dest = tempfile.mkdtemp(prefix=f"epoch-{info.epoch:06d}-", dir=self._scratch)
-        return self.store.fetch_user_dir(info, dest)
+        return store.fetch_user_dir(info, dest)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.core.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
 
@@ -187,17 +143,11 @@ def run_entrypoint(job: TrainingJob, env: WorkerEnv, paths: RunPaths) -> None:
     fn = load_entrypoint(job.spec.entrypoint)
     session = _session = Session(job, env, paths)
     try:
-        session.resume()
-        env.emit({"kind": "started", "epoch": session.epoch, "step": session.epoch, "total_epochs": job.spec.hyperparameters.epochs,
-                  "message": f"custom entrypoint {job.spec.entrypoint}", "resumed_from": session.resumed.location if session.resumed else None,
-                  "history": session.history})
+        session.core.resume()
+        session.core.emit_started(f"custom entrypoint {job.spec.entrypoint}")
         fn(entrypoint_config(job, env, paths, session.epoch))
     finally:
         session.close()
         _session = None
-    outcome = outcome_of(session.decision, session.interrupted)
     test_metrics = {k: v for k, v in session.last_metrics.items() if k.startswith("test_")}
-    env.emit_final({"kind": "finished", "outcome": outcome, "metrics": test_metrics,
-              "early_stopping": early_stopping_state(session.stopper, session.decision),
-              "message": session.decision.reason if session.decision and session.decision.should_stop else None,
-              "epoch": session.epoch})
+    session.core.emit_finished(test_metrics)

@@ -12,21 +12,19 @@ from contextlib import contextmanager
 from typing import IO, Any
 from urllib.parse import urlparse
 
-DEFAULT_PVC_ROOT = "/mnt/kiln/pvc"
+from kiln_api.storage_paths import PVC_MOUNT_ROOT, is_pvc, pvc_local_path
+
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "http", "https", "memory")
 
 
-def resolve_location(uri: str, pvc_root: str = DEFAULT_PVC_ROOT) -> str:
+def resolve_location(uri: str, pvc_root: str = PVC_MOUNT_ROOT) -> str:
     """Turn a storage URL into something `open_file` can open.
 
     pvc://claim/a/b -> {pvc_root}/claim/a/b; file:///x -> /x; s3://... unchanged;
     a plain path gets `~` expanded.
     """
-    if uri.startswith("pvc://"):
-        rest = uri[len("pvc://") :].strip("/")
-        if not rest:
-            raise ValueError(f"{uri!r}: a pvc:// location needs a claim name (pvc://claim/path)")
-        return os.path.join(pvc_root, rest)
+    if is_pvc(uri):
+        return pvc_local_path(uri, pvc_root)
     if uri.startswith("file://"):
         return urlparse(uri).path or "/"
     if is_remote(uri):

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import torch
 
+from .events import Event
 from .storage import is_remote
 
 log = logging.getLogger("kiln_trainer.worker")
@@ -35,12 +36,12 @@ class WorkerEnv:
     device: torch.device = torch.device("cpu")
     channel: Any = None
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: Event) -> None:
         """Rank 0 sends an event to the driver without waiting for it to be received."""
         if self.rank == 0 and self.channel is not None:
-            self.channel.push.remote(event)
+            self.channel.push.remote(event.to_wire())
 
-    def emit_final(self, event: dict[str, Any]) -> None:
+    def emit_final(self, event: Event) -> None:
         """Rank 0 sends its last event and waits until the driver's channel holds it.
 
         Fire-and-forget calls still queued in this worker when the train function returns can be
@@ -49,11 +50,11 @@ class WorkerEnv:
         if self.rank == 0 and self.channel is not None:
             import ray
 
-            ray.get(self.channel.push.remote(event), timeout=FINAL_EVENT_TIMEOUT_S)
+            ray.get(self.channel.push.remote(event.to_wire()), timeout=FINAL_EVENT_TIMEOUT_S)
 
-    def emit_any_rank(self, event: dict[str, Any]) -> None:
+    def emit_any_rank(self, event: Event) -> None:
         if self.channel is not None:
-            self.channel.push.remote(event)
+            self.channel.push.remote(event.to_wire())
 
     def stop_requested(self) -> bool:
         """Rank 0 asks the driver whether a stop was requested (one small round trip per epoch)."""

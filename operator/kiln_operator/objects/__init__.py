@@ -28,6 +28,7 @@ from .ports import DASHBOARD_PORT, GCS_PORT, RAY_METRICS_PORT
 from .secret import build_auth_secret
 from .service import build_head_service
 from .storage import StorageError, checkpoint_url
+from .table import CHILDREN, build_children
 from .worker_pod import build_worker_pod, build_worker_pods
 
 RESERVED_PORTS = {
@@ -51,20 +52,12 @@ def cluster_problem(job: TrainingJob, settings: OperatorSettings) -> tuple[str, 
 
 
 def build_all(job: TrainingJob, settings: OperatorSettings, token: str) -> list[dict]:
-    """Every object in creation order: Secret, Service, NetworkPolicy, head pod, workers.
-
-    The Service comes before any pod so that Kubernetes injects its link variables.
-    """
-    return [
-        build_auth_secret(job, settings, token),
-        build_head_service(job, settings),
-        build_network_policy(job, settings),
-        build_head_pod(job, settings),
-        *build_worker_pods(job, settings),
-    ]
+    """Every object in creation order, the table's: Secret, Service, NetworkPolicy, head pod, workers."""
+    return build_children(job, settings, token)
 
 
 __all__ = [
+    "CHILDREN",
     "HEAD",
     "PLACEHOLDER_UID",
     "WORKER",

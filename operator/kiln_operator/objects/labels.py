@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from typing import Protocol
 
-from kiln_api import TrainingJob
+from kiln_api import API_GROUP, TrainingJob
 
-ROLE_LABEL = "kiln.dev/role"
-JOB_NAME_LABEL = "kiln.dev/job-name"
-SPEC_HASH_ANNOTATION = "kiln.dev/spec-hash"
+ROLE_LABEL = f"{API_GROUP}/role"
+JOB_NAME_LABEL = f"{API_GROUP}/job-name"
+SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGER = "kiln-operator"  # the managed-by value: the operator's pod events select on it
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_TOTAL_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
@@ -23,23 +27,37 @@ WORKER = "worker"
 MUTABLE_SPEC_FIELDS = ("suspend", "ttlSecondsAfterFinished")
 
 
-def secret_name(job: TrainingJob) -> str:
+class Named(Protocol):
+    """What names depend on: only the job's name (a TrainingJob, or a JobRef of a raw manifest)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A job known only by name: the observer reads manifests that may not validate."""
+
+    name: str
+
+
+def secret_name(job: Named) -> str:
     return f"{job.name}-ray-auth"
 
 
-def service_name(job: TrainingJob) -> str:
+def service_name(job: Named) -> str:
     return f"{job.name}-head"
 
 
-def head_pod_name(job: TrainingJob) -> str:
+def head_pod_name(job: Named) -> str:
     return f"{job.name}-head"
 
 
-def worker_pod_name(job: TrainingJob, index: int) -> str:
+def worker_pod_name(job: Named, index: int) -> str:
     return f"{job.name}-worker-{index}"
 
 
-def network_policy_name(job: TrainingJob) -> str:
+def network_policy_name(job: Named) -> str:
     return job.name
 
 
@@ -49,7 +67,7 @@ def job_labels(job: TrainingJob, component: str) -> dict[str, str]:
         "app.kubernetes.io/name": "kiln",
         "app.kubernetes.io/instance": job.name,
         "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": "kiln-operator",
+        MANAGED_BY_LABEL: MANAGER,
         "app.kubernetes.io/part-of": "kiln",
         JOB_NAME_LABEL: job.name,
     }
@@ -63,9 +81,14 @@ def selector_labels(job: TrainingJob, role: str) -> dict[str, str]:
     return {JOB_NAME_LABEL: job.name, ROLE_LABEL: role}
 
 
-def job_selector(job: TrainingJob) -> dict[str, str]:
+def job_selector(job: Named) -> dict[str, str]:
     """Selects every pod of the job, head and workers."""
     return {JOB_NAME_LABEL: job.name}
+
+
+def label_selector(labels: dict[str, str]) -> str:
+    """`labels` in the API's `labelSelector` query form."""
+    return ",".join(f"{key}={value}" for key, value in labels.items())
 
 
 def immutable_spec_json(job: TrainingJob) -> str:

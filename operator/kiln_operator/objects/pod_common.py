@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 
 from kiln_api import TrainingJob
+from kiln_api.storage_paths import PVC_MOUNT_ROOT, pvc_mount_path
 
 from ..settings import OperatorSettings
 from .kueue import kueue_annotations, kueue_labels
 from .labels import SPEC_HASH_ANNOTATION, secret_name, spec_hash
 from .owner import object_meta
 from .secret import TOKEN_KEY
-from .storage import PVC_ROOT, claims, pvc_mount_path
+from .storage import claims
 
 RUN_AS_USER = 1000
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -93,7 +94,7 @@ def volume_mounts(job: TrainingJob, settings: OperatorSettings) -> list[dict]:
 
 
 def pvc_root_env() -> dict:
-    return {"name": "KILN_PVC_ROOT", "value": PVC_ROOT}
+    return {"name": "KILN_PVC_ROOT", "value": PVC_MOUNT_ROOT}
 
 
 def pod_metadata(job: TrainingJob, name: str, role: str) -> dict:

@@ -4,8 +4,8 @@ Checkpoints must be on shared storage: the head pod's own filesystem dies with i
 surviving a head loss is the point of checkpointing. So on a cluster only `pvc://` and
 `s3://` are accepted.
 
-* `pvc://claim/path` mounts the claim at `/mnt/kiln/pvc/<claim>` (`KILN_PVC_ROOT`), so the
-  location is `/mnt/kiln/pvc/<claim>/<path>`.
+* `pvc://claim/path` mounts the claim at `<PVC_MOUNT_ROOT>/<claim>` (`KILN_PVC_ROOT`), so the
+  location is `<PVC_MOUNT_ROOT>/<claim>/<path>` (kiln_api.storage_paths, which the trainer shares).
 * `s3://` URLs pass through unchanged; the trainer talks to S3 itself.
 * A job without `checkpoint.storage` gets the operator's default with `/<namespace>/<job>`
   appended, so jobs sharing the default never share (and resume from) each other's
@@ -18,11 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln_api import TrainingJob
+from kiln_api.storage_paths import PVC_SCHEME, is_pvc, pvc_local_path, split_pvc
 
 from ..settings import OperatorSettings
 
-PVC_ROOT = "/mnt/kiln/pvc"
-PVC_SCHEME = "pvc://"
 S3_SCHEME = "s3://"
 
 
@@ -41,23 +40,9 @@ class Claim:
     read_only: bool
 
 
-def split_pvc(url: str) -> tuple[str, str]:
-    """`pvc://claim/a/b` -> (`claim`, `a/b`)."""
-    rest = url[len(PVC_SCHEME):]
-    claim, _, path = rest.partition("/")
-    return claim, path.strip("/")
-
-
-def pvc_mount_path(claim: str) -> str:
-    return f"{PVC_ROOT}/{claim}"
-
-
 def local_location(url: str) -> str:
     """The location as the trainer sees it inside the pod."""
-    if url.startswith(PVC_SCHEME):
-        claim, path = split_pvc(url)
-        return f"{pvc_mount_path(claim)}/{path}" if path else pvc_mount_path(claim)
-    return url
+    return pvc_local_path(url) if is_pvc(url) else url
 
 
 def checkpoint_url(job: TrainingJob, settings: OperatorSettings) -> str:
@@ -98,8 +83,8 @@ def referenced_urls(job: TrainingJob, settings: OperatorSettings) -> tuple[str, 
 def claims(job: TrainingJob, settings: OperatorSettings) -> list[Claim]:
     """PVCs to mount, sorted by name; read-only unless checkpoints are written to them."""
     ckpt, inputs = referenced_urls(job, settings)
-    writable = {split_pvc(ckpt)[0]} if ckpt.startswith(PVC_SCHEME) else set()
-    read_only = {split_pvc(url)[0] for url in inputs if url.startswith(PVC_SCHEME)}
+    writable = {split_pvc(ckpt)[0]} if is_pvc(ckpt) else set()
+    read_only = {split_pvc(url)[0] for url in inputs if is_pvc(url)}
     return [Claim(name, name not in writable) for name in sorted(writable | read_only)]
 
 

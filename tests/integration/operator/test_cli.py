@@ -20,7 +20,7 @@ from tests.support.ports import free_port
 
 
 def _kiln(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kiln_api.cli", "operator", *args]
+    return [sys.executable, "-m", "kiln_cli.main", "operator", *args]
 
 
 @pytest.fixture()

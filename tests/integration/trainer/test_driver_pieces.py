@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
 
 import pytest
 from kiln_api.status import Phase
+from kiln_trainer.console import progress_line
 from kiln_trainer.curves import plot_curves
 from kiln_trainer.driver import capacity_message, log_epochs, workers_that_fit
+from kiln_trainer.events import CheckpointSaved, EpochEnded, Finished, Started, StepProgress
 from kiln_trainer.local import LocalOutputs, load_manifest
 from kiln_trainer.metrics import KilnMetrics, MetricsServer, start_server
-from kiln_trainer.progress import apply_event, compact_status, driver_status_json, initial_status, progress_line
+from kiln_trainer.status_json import compact_status, driver_status_json
+from kiln_trainer.status_reducer import apply_event, initial_status
 
 from tests.support.ports import free_port
 from tests.support.trainer_helpers import http_get, job, manifest
 
-EPOCH = {"kind": "epoch", "epoch": 2, "step": 40, "metrics": {"train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9},
-         "samples_per_second": 1000.0, "epoch_seconds": 2.0, "checkpoint_stall_seconds": 0.01,
-         "early_stopping": {"metric": "val_loss", "current": 0.4, "best": 0.4, "wait": 0, "patience": 3}}
+EPOCH = EpochEnded(epoch=2, step=40, metrics={"train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9},
+                   samples_per_second=1000.0, epoch_seconds=2.0, checkpoint_stall_seconds=0.01,
+                   early_stopping={"metric": "val_loss", "current": 0.4, "best": 0.4, "wait": 0, "patience": 3})
 
 
 @pytest.mark.parametrize(
@@ -46,7 +50,7 @@ def test_capacity_message_names_the_field_and_the_numbers():
 def test_head_pod_logs_one_progress_line_per_epoch_and_nothing_else(caplog):
     status = apply_event(initial_status(10), EPOCH, [])
     with caplog.at_level(logging.INFO, logger="kiln_trainer.driver"):
-        log_epochs({"kind": "step", "epoch": 2, "loss": 0.5}, status)
+        log_epochs(StepProgress(epoch=2, step=40, batch=1, batches=2, loss=0.5), status)
         log_epochs(EPOCH, status)
     assert [r.getMessage() for r in caplog.records] == [
         "epoch 2/10 [####################] step 40 loss 0.5000 val_loss 0.4000 val_accuracy 0.9000 ETA 16s"]
@@ -60,15 +64,15 @@ def fold(events):
 
 
 def test_status_follows_events_from_start_to_success():
-    started = {"kind": "started", "epoch": 1, "step": 20, "total_epochs": 10, "message": "resuming"}
-    checkpoint = {"kind": "checkpoint", "epoch": 2, "location": "/c/epoch-000002", "seconds": 0.1, "unix_time": 0,
-                  "best": {"metric": "val_loss", "value": 0.4, "epoch": 2, "checkpoint": "/c/epoch-000002"}}
+    started = Started(epoch=1, step=20, total_epochs=10, message="resuming")
+    checkpoint = CheckpointSaved(epoch=2, location="/c/epoch-000002", seconds=0.1, unix_time=0,
+                                 best={"metric": "val_loss", "value": 0.4, "epoch": 2, "checkpoint": "/c/epoch-000002"})
     status = fold([started, EPOCH, checkpoint])
     assert status.phase == Phase.running and status.progress.summary == "2/10"
     assert status.progress.eta_seconds == pytest.approx(16.0)
     assert status.checkpoint.latest == "/c/epoch-000002" and status.best.value == 0.4
-    finished = {"kind": "finished", "outcome": "early_stopped", "metrics": {"test_accuracy": 0.95}, "message": "patience",
-                "early_stopping": {**EPOCH["early_stopping"], "stopped": True, "stopped_epoch": 2, "reason": "patience"}}
+    finished = Finished(outcome="early_stopped", epoch=2, metrics={"test_accuracy": 0.95}, message="patience",
+                        early_stopping={**EPOCH.early_stopping, "stopped": True, "stopped_epoch": 2, "reason": "patience"})
     status = fold([started, EPOCH, checkpoint, finished])
     assert (status.phase, status.reason) == (Phase.succeeded, "EarlyStopped")
     assert status.metrics["test_accuracy"] == 0.95 and status.early_stopping.stopped_epoch == 2
@@ -81,7 +85,7 @@ def test_status_follows_events_from_start_to_success():
      ("non_finite", Phase.failed, "NonFiniteMetric"), ("interrupted", Phase.suspended, "Interrupted")],
 )
 def test_outcomes_map_to_phases(outcome, phase, reason):
-    status = fold([EPOCH, {"kind": "finished", "outcome": outcome, "metrics": {}}])
+    status = fold([EPOCH, Finished(outcome=outcome, epoch=2)])
     assert (status.phase, status.reason) == (phase, reason)
 
 
@@ -99,8 +103,10 @@ def test_driver_status_is_the_camelcase_subset_and_compact_fits_4096_bytes():
 def test_metrics_exposition_uses_the_contract_names_and_labels():
     metrics = KilnMetrics("j", "ns")
     metrics.on_start(10, 0, 0)
-    metrics.on_epoch({**EPOCH, "gpu": {"0": {"utilization": 0.5, "memory_bytes": 1024}}})
-    metrics.on_checkpoint({"seconds": 0.2, "unix_time": 1234.0, "best": {"metric": "val_loss", "value": 0.4}})
+    metrics.on_epoch(EPOCH)
+    metrics.on_gpu({"0": {"utilization": 0.5, "memory_bytes": 1024}})
+    metrics.on_checkpoint(CheckpointSaved(epoch=2, location="/c", seconds=0.2, unix_time=1234.0,
+                                          best={"metric": "val_loss", "value": 0.4}))
     text = metrics.exposition().decode()
     labels = 'job_name="j",job_namespace="ns"'
     for line in (f"kiln_train_loss{{{labels}}} 0.5", f"kiln_validation_loss{{{labels}}} 0.4",
@@ -160,11 +166,11 @@ def test_local_outputs_rebuild_the_epoch_log_on_resume(tmp_path):
     outputs = LocalOutputs(str(tmp_path), io.StringIO())
     status = initial_status(10)
     for epoch in (1, 2, 3):
-        outputs({**EPOCH, "epoch": epoch}, status)
+        outputs(dataclasses.replace(EPOCH, epoch=epoch), status)
     # Resumed from epoch 2's checkpoint, whose history also knows an epoch the log lost.
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0}) + "\n")
-    outputs({"kind": "started", "epoch": 2, "step": 0, "total_epochs": 10,
-             "history": [{"epoch": 1.0, "train_loss": 9.0}, {"epoch": 2.0, "train_loss": 0.7}]}, status)
+    outputs(Started(epoch=2, step=0, total_epochs=10,
+                    history=[{"epoch": 1.0, "train_loss": 9.0}, {"epoch": 2.0, "train_loss": 0.7}]), status)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["train_loss"]) for r in rows] == [(1, 1.0), (2, 0.7)]
     assert json.loads((tmp_path / "status.json").read_text())["phase"] == "Starting"
@@ -184,7 +190,6 @@ def test_status_documents_leave_out_non_finite_metrics():
     import math
 
     from kiln_api.status import TrainingJobStatus
-    from kiln_trainer.progress import compact_status, driver_status_json
 
     status = TrainingJobStatus(metrics={"train_loss": 0.5, "val_loss": math.nan, "val_accuracy": math.inf})
     assert driver_status_json(status)["metrics"] == {"train_loss": 0.5}

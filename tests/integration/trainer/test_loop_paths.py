@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from kiln_trainer.builtin_run import run_training
 from kiln_trainer.checkpoints import CheckpointStore
 from kiln_trainer.models import build_model
-from kiln_trainer.training import run_training
 from kiln_trainer.worker import RunPaths, WorkerEnv
 
 from tests.support.datafiles import write_image_folder, write_table

@@ -23,7 +23,7 @@ metadata: {name: good}
 def _kiln_command() -> list[str]:
     # The installed console script is what users run; fall back to the module in odd layouts.
     script = Path(sys.executable).with_name("kiln")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "kiln_api.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kiln_cli.main"]
 
 
 def kiln(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

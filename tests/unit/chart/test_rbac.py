@@ -1,9 +1,10 @@
 """The chart grants exactly the API calls the operator makes: each one allowed, nothing more.
 
 The calls are derived from the operator's code (AST): every `KubeClient` call (`kube.get("Pod", ...)`,
-`kube.patch(..., subresource="status")`, ...), with the kinds of `kube.create(obj)` taken from the
-object builders and those of `kube.delete(kind, ...)` from the `("Kind", name)` targets the code
-plans; plus what kopf does for the handlers the operator registers (list/watch every handled
+`kube.patch(KIND, ..., subresource="status")`, ...), with the kinds of `kube.create(obj)` taken from the
+child-object table (objects/table.py) and the object literals, those of `kube.delete(kind, ...)` from
+the `("Kind", name)` targets the code plans, and those of calls whose kind comes from iterating the
+table (observe GETs the rows it reads by name, LISTs the listed ones) from the table; plus what kopf does for the handlers the operator registers (list/watch every handled
 resource, patch its finalizer/progress annotations on resources with change handlers or timers,
 post Events) and for peering. tests/integration/monitoring checks a real run's request log too.
 """
@@ -12,11 +13,15 @@ from __future__ import annotations
 
 import ast
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import kiln_api
 import kiln_operator.kube as kube_module
 import pytest
+from kiln_api import API_GROUP, PLURAL
+from kiln_operator.objects.table import CHILDREN, Child
 
 from tests.support.chart import ROOT, find, render_objects
 
@@ -24,6 +29,8 @@ OPERATOR_DIR = ROOT / "operator" / "kiln_operator"
 CLIENT_VERBS = {"get", "list", "create", "delete", "patch"}
 KOPF_CHANGE_DECORATORS = {"create", "update", "resume", "delete", "timer", "daemon"}
 Call = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+# The operator names kinds by kiln_api's constants (`KIND`) as well as by literals.
+API_CONSTANTS = {name: value for name, value in vars(kiln_api).items() if name.isupper() and isinstance(value, str)}
 
 
 def _group_plural(kind: str) -> tuple[str, str]:
@@ -39,8 +46,29 @@ def _const(node: ast.AST | None) -> Any:
     return node.value if isinstance(node, ast.Constant) else None
 
 
+def _kind(node: ast.AST | None) -> str | None:
+    """A kind the client knows, given as a literal or a kiln_api constant."""
+    value = API_CONSTANTS.get(node.id) if isinstance(node, ast.Name) else _const(node)
+    return value if value in kube_module.RESOURCES else None
+
+
+def table_kinds(table: Sequence[Child], verb: str) -> set[str]:
+    """Kinds the operator handles by iterating its child table: it creates every row's objects,
+    LISTs the kinds of listed rows and GETs the others by name (observe.read_children)."""
+    if verb == "create":
+        return {row.kind for row in table}
+    if verb == "list":
+        return {row.kind for row in table if row.listed}
+    if verb == "get":
+        return {row.kind for row in table if not row.listed}
+    return set()
+
+
 def built_kinds(trees: dict[Path, ast.Module]) -> set[str]:
-    """Kinds of the objects the code builds: dict literals with a constant "kind" the client knows."""
+    """Kinds of the objects the code builds: dict literals with a literal "kind" the client knows.
+
+    Only literals: `"kind": KIND` sits in ownerReferences, which point at a job and build none.
+    """
     kinds = set()
     for tree in trees.values():
         for node in ast.walk(tree):
@@ -56,8 +84,8 @@ def planned_deletions(trees: dict[Path, ast.Module]) -> set[str]:
     kinds = set()
     for tree in trees.values():
         for node in ast.walk(tree):
-            if isinstance(node, ast.Tuple) and len(node.elts) == 2 and _const(node.elts[0]) in kube_module.RESOURCES:
-                kinds.add(_const(node.elts[0]))
+            if isinstance(node, ast.Tuple) and len(node.elts) == 2 and (kind := _kind(node.elts[0])) is not None:
+                kinds.add(kind)
     return kinds
 
 
@@ -67,24 +95,28 @@ def passed_kinds(trees: dict[Path, ast.Module], function: str, index: int) -> se
     for tree in trees.values():
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == function
-                    and len(node.args) > index and _const(node.args[index]) in kube_module.RESOURCES):
-                kinds.add(_const(node.args[index]))
+                    and len(node.args) > index and (kind := _kind(node.args[index])) is not None):
+                kinds.add(kind)
     return kinds
 
 
-def _kinds_of(call: ast.Call, function: ast.FunctionDef | None, trees: dict[Path, ast.Module]) -> set[str]:
-    literal = _const(call.args[0]) if call.args else None
-    if literal in kube_module.RESOURCES:
+def _kinds_of(call: ast.Call, function: ast.FunctionDef | None, trees: dict[Path, ast.Module],
+              table: Sequence[Child]) -> set[str]:
+    literal = _kind(call.args[0]) if call.args else None
+    if literal is not None:
         return {literal}
     params = [a.arg for a in function.args.args] if function else []
     if call.args and isinstance(call.args[0], ast.Name) and call.args[0].id in params:
         kinds = passed_kinds(trees, function.name, params.index(call.args[0].id))
         if kinds:
             return kinds
+    kinds = table_kinds(table, call.func.attr)
     if call.func.attr == "create":
-        return built_kinds(trees)
+        kinds |= built_kinds(trees)
     if call.func.attr == "delete":
-        return planned_deletions(trees)
+        kinds |= planned_deletions(trees)
+    if kinds:
+        return kinds
     raise AssertionError(f"cannot tell which resource {ast.unparse(call)} calls: give it a literal kind")
 
 
@@ -100,12 +132,12 @@ def _kube_calls(tree: ast.Module) -> list[tuple[ast.Call, ast.FunctionDef | None
     return found
 
 
-def client_calls(trees: dict[Path, ast.Module]) -> set[Call]:
+def client_calls(trees: dict[Path, ast.Module], table: Sequence[Child] = ()) -> set[Call]:
     calls: set[Call] = set()
     for tree in trees.values():
         for node, function in _kube_calls(tree):
             verb = node.func.attr
-            kinds = _kinds_of(node, function, trees)
+            kinds = _kinds_of(node, function, trees, table)
             subresource = next((_const(k.value) for k in node.keywords if k.arg == "subresource"), None)
             for kind in kinds:
                 group, plural = _group_plural(kind)
@@ -115,10 +147,11 @@ def client_calls(trees: dict[Path, ast.Module]) -> set[Call]:
 
 def _kopf_resource(decorator: ast.Call, path: Path) -> tuple[str, str] | None:
     if any(isinstance(a, ast.Starred) for a in decorator.args):
-        # `*resource`: the module's (GROUP, VERSION, PLURAL); read them from the imported module.
+        # `*RESOURCE`: the module's (group, version, plural); read it from the imported module.
         module = importlib.import_module("kiln_operator." + ".".join(path.relative_to(OPERATOR_DIR).with_suffix("").parts))
-        assert hasattr(module, "GROUP") and hasattr(module, "PLURAL"), f"{path}: cannot resolve {ast.unparse(decorator)}"
-        return (module.GROUP, module.PLURAL)
+        assert hasattr(module, "RESOURCE"), f"{path}: cannot resolve {ast.unparse(decorator)}"
+        group, _version, plural = module.RESOURCE
+        return (group, plural)
     args = [_const(a) for a in decorator.args]
     if len(args) == 3 and all(isinstance(a, str) for a in args):
         return (args[0], args[2])  # (group, version, plural); the core group is ""
@@ -153,13 +186,13 @@ def owner_reference_calls(trees: dict[Path, ast.Module]) -> set[Call]:
             if isinstance(node, ast.Dict):
                 pairs = {_const(k): _const(v) for k, v in zip(node.keys, node.values, strict=True)}
                 if pairs.get("blockOwnerDeletion") is True and pairs.get("kind") is None:
-                    return {("kiln.dev", "trainingjobs/finalizers", "update")}
+                    return {(API_GROUP, f"{PLURAL}/finalizers", "update")}
     return set()
 
 
 def operator_calls(peering: str | None = None) -> set[Call]:
     trees = _trees()
-    calls = client_calls(trees) | kopf_calls(trees) | owner_reference_calls(trees)
+    calls = client_calls(trees, CHILDREN) | kopf_calls(trees) | owner_reference_calls(trees)
     if peering:
         # kopf's peering: it watches the peering object and patches its own entry in it.
         calls |= {("kopf.dev", peering, verb) for verb in ("list", "watch", "patch")}
@@ -243,3 +276,27 @@ def test_client_call_derivation_follows_kinds_through_helper_parameters() -> Non
         '    _exists(kube, "NetworkPolicy", "n")\n'
     )
     assert client_calls({Path("x.py"): ast.parse(source)}) == {("networking.k8s.io", "networkpolicies", "get")}
+
+
+def test_client_call_derivation_reads_constant_kinds_and_the_child_table() -> None:
+    source = (
+        'def read(kube, kind, obj):\n'
+        '    kube.patch(KIND, "ns", "n", {})\n'
+        '    kube.get(kind, "ns", "n")\n'
+        '    kube.list(kind, "ns")\n'
+        '    kube.create(obj)\n'
+    )
+    table = [CHILDREN[0], *[row for row in CHILDREN if row.listed][:1]]  # the Secret (by name), pods (listed)
+    assert {row.kind for row in table} == {"Secret", "Pod"}
+    assert client_calls({Path("x.py"): ast.parse(source)}, table) == {
+        ("kiln.dev", "trainingjobs", "patch"), ("", "secrets", "get"), ("", "pods", "list"),
+        ("", "secrets", "create"), ("", "pods", "create"),
+    }
+
+
+def test_every_child_kind_is_created_and_observed() -> None:
+    calls = operator_calls()
+    for row in CHILDREN:
+        group, plural = _group_plural(row.kind)
+        assert (group, plural, "create") in calls
+        assert (group, plural, "list" if row.listed else "get") in calls

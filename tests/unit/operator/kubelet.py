@@ -53,12 +53,9 @@ class Cluster:
         return self.objects[("Pod", name)]
 
     def observe(self) -> Observation:
-        kinds = {kind for kind, _ in self.objects}
         return Observation(
             pods=copy.deepcopy(self.pods()),
-            secret_exists="Secret" in kinds,
-            service_exists="Service" in kinds,
-            network_policy_exists="NetworkPolicy" in kinds,
+            existing=frozenset(self.objects),
             trainer_status=copy.deepcopy(self.trainer_status),
             trainer_status_error=self.trainer_status_error,
             now=self.now,

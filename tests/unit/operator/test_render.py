@@ -16,7 +16,7 @@ from kiln_operator.render import render_cli
 ROOT = Path(__file__).resolve().parents[3]
 _SCRIPT = Path(sys.executable).with_name("kiln")
 # The installed `kiln` console script, as a user runs it; the module if it is not installed.
-KILN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "kiln_api.cli"]
+KILN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "kiln_cli.main"]
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from kiln_api.spec import DataSpec, Impute
+from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from torch.utils.data import Dataset
 
-from ..storage import DEFAULT_PVC_ROOT
 from .augmentation import ChannelNormalize, train_transform
 from .datasets import ArrayDataset
 from .errors import DataError
@@ -42,7 +42,7 @@ class DataBundle:
     preprocessor: Preprocessor | None = field(default=None, repr=False)
 
 
-def load_data(spec: DataSpec, *, pvc_root: str = DEFAULT_PVC_ROOT, for_architecture: str = "mlp") -> DataBundle:
+def load_data(spec: DataSpec, *, pvc_root: str = PVC_MOUNT_ROOT, for_architecture: str = "mlp") -> DataBundle:
     """Load, split, preprocess and wrap the data that `spec` describes."""
     raw = load_raw(spec, pvc_root=pvc_root, for_architecture=for_architecture)
     if for_architecture in IMAGE_ARCHITECTURES and raw.kind != IMAGE:

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .validate_cli import validate_files
+    from kiln_api.validate_cli import validate_files
 
     return validate_files(args.files, out=sys.stdout)
 
 
 def _cmd_crd(args: argparse.Namespace) -> int:
-    from .crd import crd_yaml
+    from kiln_api.crd import crd_yaml
 
     sys.stdout.write(crd_yaml())
     return 0

@@ -1,17 +1,11 @@
-"""The per-worker training loop of the built-in trainer.
-
-`train_worker(config)` is Ray Train's `train_loop_per_worker`; `run_training(job, env, paths)`
-is the same loop with the Ray parts injected, so a test can run it in one process
-(world_size 1, no process group) to exercise every optimizer/schedule/augmentation path.
+"""One worker's model, data and optimizer for a built-in model: one epoch of training, evaluation,
+and what a checkpoint holds besides the loop state. The epoch loop is builtin_run.py; the
+bookkeeping shared with custom code (checkpoints, early stopping, events) is run_core.py.
 
 Design (measured on this project's 2-core CI machine; bench/trainer_overhead.py compares
 the whole thing with a hand-written DDP loop):
 - Sharding: a DistributedSampler per epoch (`set_epoch`), batches cut by slicing the
   in-memory tensors rather than collating samples one by one.
-- One all-reduce per epoch carries train-loss sums, validation sums and rank 0's stop
-  request, so metrics, the early-stopping decision and a Ctrl-C stop agree on every rank.
-- Progress goes to the driver through a fire-and-forget actor (progress.py), never through
-  `ray.train.report`, whose 2 s drain interval would stall short epochs.
 - Checkpoints: rank 0 serialises the state into memory (the only stall) and a background
   thread writes and prunes it (checkpoints.py); every start resumes from the newest valid one.
   Measured stall: 0.1-0.3% of an epoch (bench MLP, 0.5M parameters), far under the 5% budget.
@@ -26,7 +20,6 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -36,11 +29,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from . import optim
-from .checkpoints import BackgroundWriter, CheckpointInfo, CheckpointStore, is_better, serialize_state
+from .checkpoints import CheckpointInfo, serialize_state
 from .data import DataBundle, load_data
-from .early_stopping import EarlyStopping
 from .evaluation import batches, split_sums
+from .events import FirstStep, StepProgress
 from .models import build_model, load_pretrained
+from .run_core import LoopState, RunCore
 from .seeding import rng_state, seed_everything, set_rng_state
 from .worker import RunPaths, WorkerEnv, write_bytes
 
@@ -48,23 +42,8 @@ log = logging.getLogger("kiln_trainer.train")
 STEP_EVENT_INTERVAL_S = 0.5
 
 
-@dataclass
-class LoopState:
-    """Everything besides the tensors that a checkpoint must carry."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
-    best_value: Optional[float] = None
-    best_epoch: Optional[int] = None
-    best_location: Optional[str] = None
-    history: list[dict[str, float]] = field(default_factory=list)
-    # Set in the final checkpoint of a run that stopped on its own, so a rerun does not train on.
-    outcome: Optional[str] = None
-    outcome_reason: Optional[str] = None
-
-
-class Trainer:
-    """One worker's view of a built-in-model training run."""
+class ModelTrainer:
+    """One worker's model, data, optimizer and loss for a built-in-model run."""
 
     def __init__(self, job: TrainingJob, env: WorkerEnv, paths: RunPaths) -> None:
         self.job, self.env, self.paths = job, env, paths
@@ -87,15 +66,12 @@ class Trainer:
         self.scheduler = optim.build_scheduler(self.optimizer, self.hp, steps_per_epoch=self.steps_per_epoch)
         self.scaler = optim.make_grad_scaler(self.hp.mixed_precision, env.device)
         self.loss_fn = optim.loss_function(self.data.task)
-        ck = spec.checkpoint
-        self.store = CheckpointStore(paths.checkpoint_dir, keep=ck.keep, metric=ck.metric, mode=ck.effective_mode.value)
-        self.stopper = EarlyStopping.from_spec(spec.early_stopping) if spec.early_stopping else None
-        self.state = LoopState()
-        self.writer: Optional[BackgroundWriter] = None
-        if env.rank == 0:
-            self.writer = BackgroundWriter(self.store, self._on_saved)
-        self.checkpoint_stall = 0.0
+        self.core = RunCore(job, env, paths)
         self.first_step_time: Optional[float] = None
+
+    @property
+    def state(self) -> LoopState:
+        return self.core.state
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.env.world_size <= 1:
@@ -109,24 +85,16 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def resume(self) -> Optional[CheckpointInfo]:
-        if not self.job.spec.checkpoint.resume:
+        saved = self.core.resume(map_location=self.env.device)
+        if saved is None:
             return None
-        info = self.store.latest_valid()
-        if info is None:
-            return None
-        saved = self.store.load_state(info, map_location=self.env.device)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
-        if self.stopper is not None and saved.get("early_stopping"):
-            self.stopper.load_state_dict(saved["early_stopping"])
         set_rng_state(saved["rng"])
-        self.state = LoopState(**saved["loop"])
-        if self.writer is not None:
-            self.writer.protected = frozenset({info.name})
-        return info
+        return self.core.resumed
 
     # ------------------------------------------------------------------ one epoch
 
@@ -155,13 +123,13 @@ class Trainer:
                 self._optimizer_step()
                 if self.first_step_time is None:
                     self.first_step_time = time.time()
-                    self.env.emit({"kind": "first_step", "unix_time": self.first_step_time})
+                    self.env.emit(FirstStep(unix_time=self.first_step_time))
             loss_sum += loss.detach().double() * len(y)
             count += len(y)
             if self.env.rank == 0 and self.env.channel is not None and time.monotonic() - last_event > STEP_EVENT_INTERVAL_S:
                 last_event = time.monotonic()
-                self.env.emit({"kind": "step", "epoch": self.state.epoch, "step": self.state.step,
-                               "batch": i + 1, "batches": total_batches, "loss": float(loss_sum) / max(count, 1)})
+                self.env.emit(StepProgress(epoch=self.state.epoch, step=self.state.step, batch=i + 1, batches=total_batches,
+                                           loss=float(loss_sum) / max(count, 1)))
         return float(loss_sum), count
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -188,49 +156,26 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def checkpoint(self, metrics: dict[str, float]) -> None:
-        """Rank 0: serialise now (timed as the stall), write in the background."""
-        if self.writer is None:
+        """Rank 0: the model's, optimizer's and RNG's state go into the checkpoint beside the loop state."""
+        if self.core.writer is None:
             return
-        started = time.perf_counter()
-        metric = self.job.spec.checkpoint.metric
-        value = metrics.get(metric)
-        if value is not None and math.isfinite(value) and is_better(value, self.state.best_value, self.store.mode):
-            self.state.best_value, self.state.best_epoch = value, self.state.epoch
-            self.state.best_location = f"{self.store.location}/epoch-{self.state.epoch:06d}"
-        state = {
+        self.core.checkpoint(metrics, {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "early_stopping": self.stopper.state_dict() if self.stopper is not None else None,
             "rng": rng_state(),
-            "loop": self.state.__dict__,
-        }
-        data = serialize_state(state)
-        self.writer.submit(self.state.epoch, data, step=self.state.step, metrics=metrics)
-        self.checkpoint_stall += time.perf_counter() - started
-
-    def _on_saved(self, info: CheckpointInfo, seconds: float) -> None:
-        best = None
-        if self.state.best_value is not None:
-            best = {"metric": self.store.metric, "value": self.state.best_value, "epoch": self.state.best_epoch,
-                    "checkpoint": self.state.best_location}
-        self.env.emit({"kind": "checkpoint", "epoch": info.epoch, "location": info.location, "seconds": seconds,
-                       "unix_time": time.time(), "best": best})
-
-    def finish_writes(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        })
 
     # ------------------------------------------------------------------ the end
 
     def final_model_state(self) -> dict[str, torch.Tensor]:
         es = self.job.spec.early_stopping
         if es is not None and es.restore_best_weights:
-            best = self.store.best()
+            best = self.core.store.best()
             if best is not None:
                 log.info("restoring the best weights from %s", best.location)
-                return self.store.load_state(best, map_location=self.env.device)["model"]
+                return self.core.store.load_state(best, map_location=self.env.device)["model"]
         return self.model.state_dict()
 
     def save_final_model(self, state: dict[str, torch.Tensor]) -> None:
