@@ -19,8 +19,8 @@ import psutil
 import yaml
 from kubernetes import client
 
-from tests.e2e.support import wait_for
 from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 Obj = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]

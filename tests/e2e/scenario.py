@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.harness import REPO, Jobs, epoch_of, load_manifest
-from tests.e2e.support import wait_for
+from tests.support.waiting import wait_for
 
 Obj = dict[str, Any]
 PVC_ROOT = "/mnt/kiln/pvc/"

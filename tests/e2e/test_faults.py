@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from tests.e2e.scenario import Progress, small_job
-from tests.e2e.support import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.ray
 NS = "default"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import REPO, epoch_of, load_manifest
-from tests.e2e.support import live_pids, wait_for
+from tests.support.e2e_pods import live_pids
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.ray
 NAME = "digits"

@@ -9,7 +9,8 @@ import urllib.request
 
 from kubernetes import client
 
-from tests.e2e.support import condition, live_pids, pod, terminated, wait_for
+from tests.support.e2e_pods import condition, live_pids, pod, terminated
+from tests.support.waiting import wait_for
 
 PY = "python"
 NS = "default"

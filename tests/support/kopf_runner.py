@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
@@ -29,18 +27,6 @@ from tests.support.ports import free_port
 T = TypeVar("T")
 
 
-
-
-def wait_for(condition: Callable[[], T], timeout: float = 60.0, what: str = "condition", period: float = 0.05) -> T:
-    """Poll `condition` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(period)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value: {last!r})")
 
 
 class OperatorThread:

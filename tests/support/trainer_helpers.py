@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kiln_api import TrainingJob
@@ -41,17 +39,6 @@ def job(name: str, spec_changes: dict[str, Any] | None = None, base: dict[str, A
     return TrainingJob.model_validate(manifest(name, spec_changes, base))
 
 
-
-
-def wait_until(check: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:

@@ -17,10 +17,11 @@ import kiln_operator.main  # noqa: F401
 import pytest
 import yaml
 
-from tests.integration.monitoring.stack import TRAININGJOBS, Process, http_ok, wait_for  # noqa: E402
 from tests.support.chart import find, render_objects
 from tests.support.k8s_emulator import EmulatedApiServer  # noqa: E402
+from tests.support.monitoring_stack import TRAININGJOBS, Process, http_ok  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 KILN = str(Path(sys.executable).with_name("kiln"))
 ROOT = Path(__file__).resolve().parents[3]

@@ -1,6 +1,6 @@
 """Every dashboard panel shows data from a real run, and the real operator's API calls fit the chart's RBAC.
 
-One stack for the module (tests/integration/monitoring/stack.py): the emulated API, a fake
+One stack for the module (tests/support/monitoring_stack.py): the emulated API, a fake
 kubelet, `kiln operator`, `kiln run` of a tiny job and a real Prometheus scraping both. The
 scenario gives every panel something to show: the job trains and checkpoints; its head pod is
 deleted twice (two restarts); the API answers 500 for a few seconds (reconcile errors).
@@ -28,7 +28,8 @@ pytestmark = [
     pytest.mark.skipif(PROMETHEUS is None, reason=SKIP_REASON),
 ]
 
-from tests.integration.monitoring.stack import JOB_NAME, JOB_NAMESPACE, MonitoringStack, wait_for  # noqa: E402
+from tests.support.monitoring_stack import JOB_NAME, JOB_NAMESPACE, MonitoringStack  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 # Grafana's $__rate_interval is at least four scrape intervals; Prometheus scrapes every second here.
 VARIABLES = {"namespace": JOB_NAMESPACE, "job": JOB_NAME, "__rate_interval": "10s"}
@@ -69,7 +70,7 @@ def _play_scenario(stack: MonitoringStack) -> None:
     # Prometheus needs a few scrapes for rates over 10 s windows; a panel still empty after a
     # minute fails the panel test below, naming it.
     with suppress(AssertionError):
-        wait_for(lambda: not _empty_panels(stack), 60, "every panel to have data", period=2)
+        wait_for(lambda: not _empty_panels(stack), 60, "every panel to have data", interval=2)
 
 
 def _finite_points(result: list[dict]) -> int:

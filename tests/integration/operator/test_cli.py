@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from kiln_operator.kube import KubeClient
 
-from tests.integration.operator.helpers import job_manifest, job_status, pod_names, sample, scrape
 from tests.support.k8s_emulator import EmulatedApiServer
-from tests.support.kopf_runner import wait_for
+from tests.support.operator_reads import job_manifest, job_status, pod_names, sample, scrape
 from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 
 def _kiln(*args: str) -> list[str]:

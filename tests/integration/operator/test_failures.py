@@ -7,7 +7,10 @@ from collections.abc import Callable
 import pytest
 from kiln_operator.kube import KubeClient
 
-from tests.integration.operator.helpers import (
+from tests.support.fake_kubelet import FakeKubelet
+from tests.support.k8s_emulator import EmulatedApiServer
+from tests.support.kopf_runner import OperatorThread, StatusEndpoint
+from tests.support.operator_reads import (
     NS,
     condition,
     events_for,
@@ -18,9 +21,7 @@ from tests.integration.operator.helpers import (
     scrape,
     wait_phase,
 )
-from tests.support.fake_kubelet import FakeKubelet
-from tests.support.k8s_emulator import EmulatedApiServer
-from tests.support.kopf_runner import OperatorThread, StatusEndpoint, wait_for
+from tests.support.waiting import wait_for
 
 
 def test_job_without_checkpoint_storage_fails_with_a_field_named_reason(

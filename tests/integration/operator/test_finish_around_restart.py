@@ -12,10 +12,11 @@ from collections.abc import Callable
 import pytest
 from kiln_operator.kube import KubeClient
 
-from tests.integration.operator.helpers import NS, condition, job_manifest, job_status, pod_names, wait_phase
+from tests.support.driver_report import driver_report, with_nan_metric
 from tests.support.fake_kubelet import FakeKubelet
-from tests.support.kopf_runner import OperatorThread, StatusEndpoint, wait_for
-from tests.unit.operator.driver_report import driver_report, with_nan_metric
+from tests.support.kopf_runner import OperatorThread, StatusEndpoint
+from tests.support.operator_reads import NS, condition, job_manifest, job_status, pod_names, wait_phase
+from tests.support.waiting import wait_for
 
 EPOCHS = 20
 

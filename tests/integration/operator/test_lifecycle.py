@@ -8,7 +8,10 @@ from collections.abc import Callable
 from kiln_operator.kube import KubeClient
 from kiln_operator.settings import OperatorSettings
 
-from tests.integration.operator.helpers import (
+from tests.support.fake_kubelet import FakeKubelet
+from tests.support.k8s_emulator import EmulatedApiServer
+from tests.support.kopf_runner import OperatorThread, StatusEndpoint
+from tests.support.operator_reads import (
     NS,
     condition,
     events_for,
@@ -20,9 +23,7 @@ from tests.integration.operator.helpers import (
     start_running_job,
     wait_phase,
 )
-from tests.support.fake_kubelet import FakeKubelet
-from tests.support.k8s_emulator import EmulatedApiServer
-from tests.support.kopf_runner import OperatorThread, StatusEndpoint, wait_for
+from tests.support.waiting import wait_for
 
 CHILDREN = [("Secret", "demo-ray-auth"), ("Service", "demo-head"), ("NetworkPolicy", "demo"),
             ("Pod", "demo-head"), ("Pod", "demo-worker-0"), ("Pod", "demo-worker-1")]

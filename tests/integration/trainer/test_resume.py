@@ -17,7 +17,8 @@ import yaml
 from kiln_trainer.checkpoints import CheckpointStore
 
 from tests.support.ports import free_port
-from tests.support.trainer_helpers import manifest, wait_until
+from tests.support.trainer_helpers import manifest
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 KILN = str(Path(sys.executable).with_name("kiln"))
@@ -61,7 +62,7 @@ def test_ctrl_c_then_sigkill_then_rerun_each_continue_from_the_last_checkpoint(t
     try:
         # 1. Ctrl-C (SIGINT to the whole process group, as a terminal sends it): clean stop with a checkpoint.
         first = kiln_run(job_file, out, ray_tmps[0], tmp_path / "first.log")
-        wait_until(lambda: ckpt.exists() and newest_epoch(store) >= 2, timeout=180, interval=0.05, what="2 checkpoints")
+        wait_for(lambda: ckpt.exists() and newest_epoch(store) >= 2, timeout=180, interval=0.05, what="2 checkpoints")
         os.killpg(first.pid, signal.SIGINT)
         assert first.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
         kill_leftovers(ray_tmps[0])
@@ -71,7 +72,7 @@ def test_ctrl_c_then_sigkill_then_rerun_each_continue_from_the_last_checkpoint(t
         assert stopped_at < EPOCHS
         # 2. Rerun, then SIGKILL the process group mid-way.
         second = kiln_run(job_file, out, ray_tmps[1], tmp_path / "second.log")
-        wait_until(lambda: newest_epoch(store) >= stopped_at + 3, timeout=180, interval=0.05, what="3 more checkpoints")
+        wait_for(lambda: newest_epoch(store) >= stopped_at + 3, timeout=180, interval=0.05, what="3 more checkpoints")
         os.killpg(second.pid, signal.SIGKILL)
         second.wait(timeout=30)
         kill_leftovers(ray_tmps[1])

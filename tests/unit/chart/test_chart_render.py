@@ -14,7 +14,7 @@ import yaml
 from openapi_schema_validator import OAS30Validator
 
 from tests.support.chart import ALL_ON, CHART_DIR, NAMESPACE, find, only, render_files, render_objects
-from tests.unit.chart.monitoring_schemas import SCHEMAS
+from tests.support.monitoring_schemas import SCHEMAS
 
 KUBE_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 VALUE_SETS = {"defaults": {}, "all-toggles-on": ALL_ON, "cluster-wide-ha": {"replicas": 3, "crds": {"install": True}}}

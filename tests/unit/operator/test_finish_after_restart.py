@@ -13,8 +13,8 @@ import math
 import pytest
 from kiln_operator.trainer_report import finite_only, training_fields
 
-from tests.unit.operator.driver_report import driver_report, with_nan_metric
-from tests.unit.operator.kubelet import Cluster, check_status_against_crd, condition, running_cluster, stamp
+from tests.support.driver_report import driver_report, with_nan_metric
+from tests.support.in_memory_cluster import Cluster, check_status_against_crd, condition, running_cluster, stamp
 
 EPOCHS = 20
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.operator.kubelet import Cluster, condition, job_manifest, running_cluster
+from tests.support.in_memory_cluster import Cluster, condition, job_manifest, running_cluster
 
 SCHEDULER = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
 

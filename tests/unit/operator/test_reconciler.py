@@ -9,7 +9,7 @@ import pytest
 from kiln_operator.conditions import CONDITION_TYPES
 from kiln_operator.objects.labels import SPEC_HASH_ANNOTATION
 
-from tests.unit.operator.kubelet import T0, Cluster, condition, job_manifest, running_cluster, stamp
+from tests.support.in_memory_cluster import T0, Cluster, condition, job_manifest, running_cluster, stamp
 
 ORDER = ["Secret/demo-ray-auth", "Service/demo-head", "NetworkPolicy/demo", "Pod/demo-head", "Pod/demo-worker-0", "Pod/demo-worker-1"]
 

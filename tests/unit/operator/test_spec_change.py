@@ -7,7 +7,7 @@ import json
 import pytest
 from kiln_operator.objects.labels import SPEC_HASH_ANNOTATION
 
-from tests.unit.operator.kubelet import Cluster, condition, job_manifest, running_cluster
+from tests.support.in_memory_cluster import Cluster, condition, job_manifest, running_cluster
 
 
 def pod_hash(pod: dict) -> str:

@@ -17,7 +17,7 @@ from kiln_operator.objects.table import CHILDREN, HEAD_SERVICE, Inputs, Scope, c
 from kiln_operator.observe import observe, read_children
 from kiln_operator.settings import OperatorSettings
 
-from tests.unit.operator.kubelet import Cluster, job_manifest
+from tests.support.in_memory_cluster import Cluster, job_manifest
 
 SETTINGS = OperatorSettings(default_checkpoint_storage="pvc://ckpt")
 

@@ -32,9 +32,9 @@ from kiln_operator.kube import KubeClient, load_configuration
 from tests.support.fake_kubelet import FakeKubelet
 from tests.support.k8s_emulator import EmulatedApiServer
 from tests.support.k8s_semantics import parse_resource_path, verb_of
-from tests.support.kopf_runner import wait_for
 from tests.support.ports import free_port
 from tests.support.prometheus import PrometheusServer, Target
+from tests.support.waiting import wait_for
 
 T = TypeVar("T")
 KILN = str(Path(sys.executable).with_name("kiln"))

@@ -8,7 +8,7 @@ from typing import Any
 
 from kiln_operator.kube import ApiError, KubeClient
 
-from tests.support.kopf_runner import wait_for
+from tests.support.waiting import wait_for
 
 NS = "default"
 DEADLINE = 60.0

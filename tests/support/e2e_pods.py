@@ -1,29 +1,13 @@
-"""Helpers shared by the e2e tests: waiting on conditions and building small pods."""
+"""Small pods and process checks for the e2e tests (waiting: tests/support/waiting.py)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psutil
 
 T = TypeVar("T")
 Obj = dict[str, Any]
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2,
-             on_timeout: Callable[[], str] | None = None) -> T:
-    """Poll until `condition()` is truthy; fail naming `what` (and extra context) after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: T = condition()
-    while not last:
-        if time.monotonic() > deadline:
-            extra = on_timeout() if on_timeout else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{extra}")
-        time.sleep(interval)
-        last = condition()
-    return last
 
 
 def pod(name: str, command: list[str], **spec: Any) -> Obj:
