@@ -63,3 +63,6 @@ def train(config: dict[str, Any]) -> None:
             kiln_trainer.report(metrics, checkpoint_dir=tmp)
         if kiln_trainer.should_stop():
             break
+    # The job's model.pt (rank 0 writes it): the plain module's weights, without DDP's "module." prefix.
+    kiln_trainer.save_model(model.module.state_dict() if isinstance(model, nn.parallel.DistributedDataParallel)
+                            else model.state_dict())

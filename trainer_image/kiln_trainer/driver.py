@@ -228,11 +228,14 @@ class JobRunner:
         thread.start()
         stop_sent = False
         while thread.is_alive():
-            thread.join(timeout=POLL_INTERVAL_S)
-            self._drain(channel)
-            if self.options.stop_event.is_set() and not stop_sent:
+            # Waiting on the stop event (not sleeping) passes a Ctrl-C on at once: rank 0 reads the
+            # request at the end of the epoch in progress, and a short epoch ends within milliseconds.
+            if not stop_sent and self.options.stop_event.wait(timeout=POLL_INTERVAL_S):
                 channel.request_stop.remote()
                 stop_sent = True
+            elif stop_sent:
+                thread.join(timeout=POLL_INTERVAL_S)
+            self._drain(channel)
         self._drain(channel)
         return self._conclude(outcome)
 
@@ -307,6 +310,8 @@ def connect_ray(options: DriverOptions) -> bool:
 
 
 def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any:
+    import uuid
+
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -323,6 +328,9 @@ def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any
         "model_path": options.model_path,
         "python_path": options.python_path,
         "channel": channel,
+        # This driver's claim on the checkpoint location (checkpoint_fence.py): every restart of the
+        # worker group is the same run; a driver that replaces this one gets another id and fences it.
+        "run_id": uuid.uuid4().hex,
     }
     storage = os.path.join(options.ray_temp_dir or "/tmp", "kiln-train")
     return TorchTrainer(

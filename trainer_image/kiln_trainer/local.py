@@ -27,6 +27,7 @@ from .console import epoch_line, progress_line, validation_text
 from .curves import plot_curves, read_jsonl
 from .driver import EXIT_INVALID, DriverOptions, JobRunner
 from .events import EpochEnded, Event, Started, StepProgress
+from .local_paths import with_absolute_paths
 from .status_json import status_document
 from .storage import resolve_location
 from .worker import write_bytes
@@ -112,8 +113,13 @@ def _install_sigint(stop: threading.Event, stream: TextIO) -> Any:
 
 
 def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: TextIO = sys.stderr) -> tuple[int, JobRunner]:
-    """Train `job` on a fresh local Ray cluster (or the one this process already has)."""
-    out_dir = os.path.join(out_root, job.name)
+    """Train `job` on a fresh local Ray cluster (or the one this process already has).
+
+    Relative paths (the output, the job's data, weights and storage) are taken from the working
+    directory here, before any of them reaches a Ray worker (local_paths.py)."""
+    cwd = os.getcwd()
+    job = with_absolute_paths(job, cwd)
+    out_dir = os.path.join(os.path.abspath(out_root), job.name)
     os.makedirs(out_dir, exist_ok=True)
     pvc_root = os.environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT)
     storage = job.spec.checkpoint.storage
@@ -130,7 +136,9 @@ def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: Tex
         port=job.spec.metrics.port,
         port_fallback=True,
         ray_temp_dir=ray_tmp,
-        python_path=[manifest_dir],
+        # Custom code is imported from beside its manifest; a built-in job must not let files there
+        # shadow installed packages on the workers' sys.path.
+        python_path=[manifest_dir] if job.spec.entrypoint else [],
         listeners=[outputs],
     )
     runner = JobRunner(job, options)

@@ -9,6 +9,7 @@ The user's `fn(config)` runs on every worker. Inside it:
 - `should_stop()` tells every rank, identically, whether to leave the loop (early stopping
   or a stop request such as Ctrl-C in `kiln run`).
 - `get_checkpoint()` is the local directory of the newest valid checkpoint's files, or None.
+- `save_model(state_dict)` writes the trained weights as the job's `model.pt` (rank 0).
 
 Every rank must call `report` the same number of times with the same metric names,
 exactly like any collective.
@@ -26,10 +27,11 @@ from typing import Any, Optional
 
 from kiln_api import TrainingJob
 
+from .checkpoints import serialize_state
 from .data.errors import SpecError
 from .evaluation import all_reduce_sum
 from .run_core import RunCore
-from .worker import RunPaths, WorkerEnv
+from .worker import RunPaths, WorkerEnv, write_bytes
 
 log = logging.getLogger("kiln_trainer.sdk")
 
@@ -103,6 +105,17 @@ def should_stop() -> bool:
 def get_checkpoint() -> Optional[str]:
     """Local directory holding the newest valid checkpoint's files, or None on a fresh start."""
     return _current().checkpoint_path()
+
+
+def save_model(state_dict: dict[str, Any]) -> Optional[str]:
+    """Save the trained weights as the job's model (`model.pt` beside the checkpoints, or in
+    `kiln run`'s output). Call on every rank; rank 0 writes. Returns the path (rank 0), else None."""
+    session = _current()
+    path = session.paths.model_path
+    if session.env.rank != 0 or not path:
+        return None
+    write_bytes(path, serialize_state(state_dict))
+    return path
 
 
 def load_entrypoint(entrypoint: str) -> Callable[[dict[str, Any]], Any]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from kiln_trainer.checkpoints import CheckpointStore
 from kiln_trainer.local import load_manifest, run_local
 
@@ -110,6 +111,8 @@ def test_custom_entrypoint_example_trains_reports_and_resumes(ray_cluster, tmp_p
     out = tmp_path / training_job.name
     newest = CheckpointStore(str(out / "checkpoints")).latest_valid()
     assert newest.epoch == 4 and "user/state.pt" in newest.files
+    weights = torch.load(out / "model.pt", weights_only=True)  # written by the example through save_model
+    assert weights["0.weight"].shape == (64, 64) and not any(k.startswith("module.") for k in weights)
     # Same job with more epochs: the SDK hands the entrypoint its checkpoint and the epoch to start from.
     training_job.spec.hyperparameters.epochs = 6
     code, runner = run_local(training_job, str(tmp_path), manifest_dir=str(EXAMPLES), stream=io.StringIO())
