@@ -37,12 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", help="port of the operator's /metrics (default 8080)")
     parser.add_argument("--health-port", help="port of the liveness endpoint /healthz (default 8081)")
     parser.add_argument("--default-checkpoint-storage", help="pvc:// or s3:// URL for jobs without checkpoint.storage")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config)")
-    parser.add_argument("--peering", metavar="NAME", help="kopf peering object for HA (default: standalone)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config); "
+                        "KILN_KUBECONFIG")
+    parser.add_argument("--peering", metavar="NAME", help="kopf peering object for HA (default: standalone); KILN_PEERING")
     parser.add_argument("--priority", type=int, default=None,
                         help="peering priority; the highest-priority replica works, the others stand by "
-                             "(default with --peering: random, so that replicas never tie)")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
+                             "(default with --peering: random, so that replicas never tie); KILN_PRIORITY")
+    parser.add_argument("--verbose", action="store_true", help="debug logging; KILN_VERBOSE=true")
     return parser
 
 
@@ -53,6 +54,37 @@ FLAG_SETTINGS = {
     "health_port": "health_port",
     "default_checkpoint_storage": "default_checkpoint_storage",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessFlags:
+    """Flags about this process rather than the reconcile settings; each has a `KILN_*` variable."""
+
+    kubeconfig: str | None = None
+    peering: str | None = None
+    priority: int | None = None
+    verbose: bool = False
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+def process_flags(args: argparse.Namespace, environ: dict[str, str]) -> ProcessFlags:
+    """`--kubeconfig`, `--peering`, `--priority`, `--verbose`, or KILN_KUBECONFIG, KILN_PEERING,
+    KILN_PRIORITY, KILN_VERBOSE (a flag wins); raises SettingsError naming a bad variable."""
+    priority = args.priority
+    raw_priority = environ.get("KILN_PRIORITY", "").strip()
+    if priority is None and raw_priority:
+        try:
+            priority = int(raw_priority)
+        except ValueError:
+            raise SettingsError(f"KILN_PRIORITY: not an integer: {raw_priority!r}") from None
+    return ProcessFlags(
+        kubeconfig=args.kubeconfig or environ.get("KILN_KUBECONFIG") or None,
+        peering=args.peering or environ.get("KILN_PEERING") or None,
+        priority=priority,
+        verbose=args.verbose or environ.get("KILN_VERBOSE", "").strip().lower() in TRUE_WORDS,
+    )
 
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> OperatorSettings:
@@ -160,11 +192,16 @@ async def _run_kopf(runtime: Runtime, config: kopf.OperatorSettings, kubeconfig:
 
 def run_operator(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    try:
+        flags = process_flags(args, dict(os.environ))
+        settings = settings_from(args, dict(os.environ))
+    except SettingsError as exc:
+        print(f"kiln operator: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if flags.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = settings_from(args, dict(os.environ))
-        load_configuration(args.kubeconfig)  # fail early, with a message, on bad credentials
+        load_configuration(flags.kubeconfig)  # fail early, with a message, on bad credentials
     except SettingsError as exc:
         print(f"kiln operator: {exc}", file=sys.stderr)
         return 2
@@ -177,7 +214,7 @@ def run_operator(argv: Sequence[str]) -> int:
     try:
         # No stop flag: kopf itself turns SIGTERM/SIGINT into a graceful stop in the main thread
         # (a threading.Event flag would keep a thread of the default executor waiting forever).
-        asyncio.run(serve(settings, args.kubeconfig, peering=args.peering, priority=args.priority, metrics=metrics))
+        asyncio.run(serve(settings, flags.kubeconfig, peering=flags.peering, priority=flags.priority, metrics=metrics))
     except KeyboardInterrupt:
         pass
     finally:

@@ -49,3 +49,28 @@ def test_bad_values_name_the_variable_and_the_reason(env: dict, message: str):
 @pytest.mark.parametrize(("restarts", "seconds"), [(0, 0.0), (1, 10.0), (2, 20.0), (3, 40.0), (6, 300.0), (500, 300.0)])
 def test_backoff_doubles_per_restart_and_is_capped(restarts: int, seconds: float):
     assert OperatorSettings().backoff_seconds(restarts) == seconds
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, {"kubeconfig": None, "peering": None, "priority": None, "verbose": False}),
+        ([], {"KILN_KUBECONFIG": "/k", "KILN_PEERING": "kiln", "KILN_PRIORITY": "7", "KILN_VERBOSE": "true"},
+         {"kubeconfig": "/k", "peering": "kiln", "priority": 7, "verbose": True}),
+        (["--kubeconfig", "/flag", "--peering", "p", "--priority", "3"], {"KILN_KUBECONFIG": "/env", "KILN_PRIORITY": "9"},
+         {"kubeconfig": "/flag", "peering": "p", "priority": 3, "verbose": False}),
+        ([], {"KILN_VERBOSE": "0"}, {"verbose": False}),
+    ],
+)
+def test_every_process_flag_has_a_kiln_variable_and_the_flag_wins(argv, env, expected):
+    from kiln_operator.main import build_parser, process_flags
+
+    flags = process_flags(build_parser().parse_args(argv), env)
+    assert {k: getattr(flags, k) for k in expected} == expected
+
+
+def test_a_bad_priority_variable_is_named():
+    from kiln_operator.main import build_parser, process_flags
+
+    with pytest.raises(SettingsError, match="KILN_PRIORITY"):
+        process_flags(build_parser().parse_args([]), {"KILN_PRIORITY": "high"})
