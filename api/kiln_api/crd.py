@@ -11,6 +11,9 @@ schema. `structural_schema` converts one into the other:
 - `exclusiveMinimum: 0.0` (2020-12) becomes `minimum: 0, exclusiveMinimum: true` (3.0);
 - `additionalProperties: false` is dropped: structural schemas prune unknown fields and the
   API server forbids it, while maps (`dict[str, str]`) keep `additionalProperties: {type: ...}`;
+- maps with constrained keys (`dict[LabelKey, ...]`: pydantic's `patternProperties` and
+  `propertyNames`) become plain maps of their value schema: structural schemas cannot constrain
+  keys, so such a map carries the key rule as CEL (`self.all(k, ...)`) next to it;
 - integers get `format: int32` when their bounds fit in 32 bits, else `int64`;
 - `x-kubernetes-validations` (CEL, from `CrossFieldRule`) are kept where pydantic put them.
 
@@ -113,9 +116,22 @@ def _integer_format(out: dict[str, Any]) -> str:
     return "int64"
 
 
+def _plain_map(node: dict[str, Any]) -> dict[str, Any]:
+    """`patternProperties: {KEY_PATTERN: V}` (+ `propertyNames`) -> `additionalProperties: V`."""
+    patterns = node.get("patternProperties")
+    if patterns is None:
+        return node
+    if len(patterns) != 1 or "properties" in node or "additionalProperties" in node:
+        raise ValueError(f"cannot express patternProperties {patterns!r} in a structural schema")
+    if not any("self.all(k," in rule.get("rule", "") for rule in node.get("x-kubernetes-validations", ())):
+        raise ValueError("a map with constrained keys needs a CEL rule (self.all(k, ...)) that checks them")
+    rest = {k: v for k, v in node.items() if k not in ("patternProperties", "propertyNames")}
+    return {**rest, "additionalProperties": next(iter(patterns.values()))}
+
+
 def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     node, nullable = _split_nullable(_resolve(node, defs))
-    node = _resolve(node, defs)
+    node = _plain_map(_resolve(node, defs))
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP_KEYS or (key == "additionalProperties" and value is False):
@@ -176,7 +192,10 @@ def structural_schema(json_schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _root_schema() -> dict[str, Any]:
-    schema = structural_schema(TrainingJob.model_json_schema(by_alias=True))
+    json_schema = TrainingJob.model_json_schema(by_alias=True)
+    # ObjectMeta is the API server's (its labels and annotations are checked there), not converted.
+    json_schema["properties"]["metadata"] = {"type": "object"}
+    schema = structural_schema(json_schema)
     properties = schema["properties"]
     # The API server owns apiVersion, kind and metadata; only name restrictions are allowed there.
     properties["apiVersion"] = {"type": "string", "description": properties["apiVersion"].get("description", "")}

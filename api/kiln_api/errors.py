@@ -78,16 +78,29 @@ def append_field_path(path: str, field_path: str) -> str:
     return path + field_path if field_path.startswith(("[", ".")) else f"{path}.{field_path}"
 
 
+SHOWN_VALUE_MAX = 120  # characters of a value quoted in a message; longer ones are cut in the middle
+
+
 def show_value(value: Any) -> str:
-    """Render a value the way the API server quotes it in `Invalid value: ...`."""
+    """Render a value the way the API server quotes it in `Invalid value: ...`.
+
+    Long values (a 1 MB string, a 4000-digit number) are shortened, so one bad field cannot
+    flood the output.
+    """
     if isinstance(value, dict):
         return '"object"'
     if isinstance(value, list):
         return '"array"'
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * SHOWN_VALUE_MAX:
+        return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
     try:
-        return json.dumps(value)
+        shown = json.dumps(value)
     except (TypeError, ValueError):
-        return json.dumps(str(value))
+        shown = json.dumps(str(value))
+    if len(shown) > SHOWN_VALUE_MAX:
+        half = SHOWN_VALUE_MAX // 2 - 10
+        shown = f"{shown[:half]}...{shown[-half:]} ({len(shown)} characters)"
+    return shown
 
 
 _PYDANTIC_REASONS = {
@@ -101,6 +114,8 @@ def _pydantic_reason(error: dict[str, Any]) -> str:
     if kind in _PYDANTIC_REASONS:
         return _PYDANTIC_REASONS[kind]
     message = str(error["msg"])
+    if kind == "value_error":  # a validator's ValueError: pydantic prefixes "Value error, "
+        message = str((error.get("ctx") or {}).get("error") or message)
     if kind == "cross_field":
         return f'Invalid value: "object": {message}'
     if "input" in error and not isinstance(error["input"], (dict, list)):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from .base import GROUP_VERSION, KIND, ApiModel
+from .k8s_syntax import ANNOTATIONS_MAX_BYTES, AnnotationKey, DnsLabel, LabelKey, LabelValue, annotations_size
 from .spec import TrainingJobSpec
 from .status import TrainingJobStatus
 
@@ -22,11 +23,19 @@ class ObjectMeta(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(..., min_length=1, max_length=MAX_NAME_LENGTH, pattern=DNS_LABEL_PATTERN, description="Job name: a DNS label of at most 40 characters (pod names derive from it).")
-    namespace: Optional[str] = Field(None, description="Namespace of the job.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Labels.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
+    namespace: Optional[DnsLabel] = Field(None, description="Namespace of the job.")
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, description="Labels.")
+    annotations: dict[AnnotationKey, str] = Field(default_factory=dict, description="Annotations (at most 256 KiB in all).")
     uid: Optional[str] = Field(None, description="Set by the API server.")
     generation: Optional[int] = Field(None, description="Set by the API server.")
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations_fit(cls, annotations: dict[str, str]) -> dict[str, str]:
+        size = annotations_size(annotations)
+        if size > ANNOTATIONS_MAX_BYTES:
+            raise ValueError(f"Too long: must have at most {ANNOTATIONS_MAX_BYTES} bytes (has {size})")
+        return annotations
 
 
 class TrainingJob(ApiModel):

@@ -12,7 +12,7 @@ from typing import Any
 
 from .job import TrainingJob
 from .manifests import load_file
-from .validate_cli import check_manifest
+from .validate_cli import check_manifest, duplicate_error
 
 
 class ManifestError(ValueError):
@@ -24,6 +24,7 @@ def load_jobs(path: str | Path, adjust: Callable[[dict[str, Any]], None] | None 
     problems: list[str] = []
     jobs: list[TrainingJob] = []
     documents = load_file(path)
+    seen: dict[tuple[Any, Any], int] = {}
     for document in documents:
         label = f"{path}:doc{document.index}" if len(documents) > 1 else str(path)
         if document.obj is None:
@@ -33,6 +34,9 @@ def load_jobs(path: str | Path, adjust: Callable[[dict[str, Any]], None] | None 
         if adjust is not None:
             adjust(manifest)
         errors, job = check_manifest(manifest)
+        duplicate = duplicate_error(manifest, seen, document.index)
+        if duplicate is not None:
+            errors, job = [duplicate, *errors], None
         if job is None:
             problems.extend(f"{label}: {error}" for error in errors)
         else:

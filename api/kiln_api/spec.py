@@ -13,18 +13,62 @@ from typing import Annotated, Optional
 from pydantic import Field
 
 from .base import ApiModel, CrossFieldRule
+from .job_checks import BUILTIN_METRICS_CEL, METRICS_MESSAGE, builtin_metrics
+from .k8s_syntax import (
+    CONTROL_CHARACTERS,
+    DNS_SUBDOMAIN_MAX_LENGTH,
+    DNS_SUBDOMAIN_PATTERN,
+    IMAGE_NAME_LENGTH_RULE,
+    LABEL_KEY_PREFIX_RULE,
+    LABEL_MAP_KEYS_RULE,
+    Image,
+    LabelKey,
+    LabelValue,
+    OptionalLabelKey,
+)
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+QUANTITY_MAX_LENGTH = 32
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+ENTRYPOINT_MAX_LENGTH = 256
+METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+METRIC_MAX_LENGTH = 63
+# Locations (data, weights, checkpoints) end up in environment variables and mount paths.
+LOCATION_MAX_LENGTH = 1024
+_NOT_PATH = f"/{CONTROL_CHARACTERS}"
+# One path segment of a pvc:// URL: anything but `..`, which would leave the mounted claim
+# (`pvc://a/../b` is `/mnt/kiln/pvc/b`: another claim's files, or the pod's own filesystem).
+_PVC_SEGMENT = rf"(\.\.[^{_NOT_PATH}]+|\.?[^.{_NOT_PATH}][^{_NOT_PATH}]*|\.)"
+_PVC_CLAIM = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"  # a PVC name: a DNS subdomain
+_S3_BUCKET = r"[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?"
+_LOCAL_PATH = rf"[^:{CONTROL_CHARACTERS}]+"
 # A storage location is a pvc:// or s3:// URL, or a plain path (no other scheme).
-STORAGE_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?|s3://[^/]+(/.*)?|[^:]+)$"
+STORAGE_PATTERN = rf"^(pvc://{_PVC_CLAIM}(/{_PVC_SEGMENT}?)*|s3://{_S3_BUCKET}(/[^{CONTROL_CHARACTERS}]*)?|{_LOCAL_PATH})$"
 BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
 SYNTHETIC_DATASETS = ("classification", "regression")
 DATA_SOURCE_PATTERN = (
     r"^(builtin:(" + "|".join(BUILTIN_DATASETS) + r")"
     r"|synthetic:(" + "|".join(SYNTHETIC_DATASETS) + r")"
-    r"|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+|s3://[^/]+/.+|[^:]+)$"
+    rf"|pvc://{_PVC_CLAIM}/{_PVC_SEGMENT}(/{_PVC_SEGMENT}?)*|s3://{_S3_BUCKET}/[^{CONTROL_CHARACTERS}]+|{_LOCAL_PATH})$"
 )
+COLUMN_MAX_LENGTH = 256
+COLUMN_PATTERN = rf"^[^{CONTROL_CHARACTERS}]+$"
+# Ports Ray itself listens on in Kiln's pods; the driver's metrics port must avoid them.
+# (The operator refuses a subset of them too: kiln_operator.objects.RESERVED_PORTS.)
+RAY_RESERVED_PORTS = {
+    6379: "Ray GCS",
+    8080: "Ray metrics export",
+    8265: "Ray dashboard",
+    10001: "Ray client server",
+    52365: "Ray dashboard agent",
+}
+RAY_WORKER_PORTS = (10002, 19999)  # Ray's default min/max worker ports
+MAX_NODE_SELECTOR_ENTRIES = 64
+# Bounds of otherwise open integers: the largest a float64 holds exactly. Kubernetes stores
+# int64, but Helm (the chart's templated CRD) and JSON tools read numbers as float64, where 2**63-1
+# turns into 2**63.
+INT_EXACT_MAX = 2**53 - 1
+MAX_TOLERATIONS = 32
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "rmse")
 
 
@@ -55,11 +99,37 @@ class TaintEffect(str, Enum):
 class Toleration(ApiModel):
     """A Kubernetes toleration, copied onto every pod of the job."""
 
-    key: Optional[str] = Field(None, description="Taint key the toleration applies to; empty with operator Exists matches all taints.")
+    key: Optional[OptionalLabelKey] = Field(
+        None,
+        description="Taint key the toleration applies to (a label key); empty with operator Exists matches all taints.",
+        json_schema_extra={"x-kubernetes-validations": [LABEL_KEY_PREFIX_RULE]},
+    )
     operator: TolerationOperator = Field(TolerationOperator.equal, description="Exists or Equal.")
-    value: Optional[str] = Field(None, description="Taint value to match when operator is Equal.")
+    value: Optional[LabelValue] = Field(None, description="Taint value (a label value) to match when operator is Equal; must be empty with Exists.")
     effect: Optional[TaintEffect] = Field(None, description="Taint effect to match; empty matches all effects.")
-    toleration_seconds: Optional[int] = Field(None, ge=0, description="For NoExecute: how long the pod stays bound after the taint appears.")
+    toleration_seconds: Optional[int] = Field(None, ge=0, le=INT_EXACT_MAX, description="For NoExecute: how long the pod stays bound after the taint appears.")
+
+    # The API server's own rules for a pod's tolerations (ValidateTolerations).
+    cross_field_rules = (
+        CrossFieldRule(
+            cel="(has(self.key) && self.key != '') || self.operator == 'Exists'",
+            message="operator must be Exists when key is empty (which matches all taints)",
+            field_path=".operator",
+            check=lambda t: bool(t.key) or t.operator == TolerationOperator.exists,
+        ),
+        CrossFieldRule(
+            cel="self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            message="value must be empty when operator is Exists",
+            field_path=".value",
+            check=lambda t: t.operator != TolerationOperator.exists or not t.value,
+        ),
+        CrossFieldRule(
+            cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="effect must be NoExecute when tolerationSeconds is set",
+            field_path=".tolerationSeconds",
+            check=lambda t: t.toleration_seconds is None or t.effect == TaintEffect.no_execute,
+        ),
+    )
 
 
 class WorkersSpec(ApiModel):
@@ -68,17 +138,22 @@ class WorkersSpec(ApiModel):
     replicas: int = Field(2, ge=1, le=1024, description="Number of training workers (one Ray worker pod each). `kiln run --workers` overrides it locally.")
     gpus_per_worker: int = Field(0, ge=0, le=16, description="GPUs per worker pod (`nvidia.com/gpu` limit). 0 trains on CPU with gloo; >0 uses CUDA and NCCL.")
     cpus_per_worker: float = Field(1.0, gt=0, le=512, description="CPU cores requested per worker pod.")
-    memory_per_worker: str = Field("2Gi", pattern=QUANTITY_PATTERN, description="Memory requested (and limited) per worker pod, as a Kubernetes quantity such as `4Gi`.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels every pod of the job must match.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations added to every pod of the job (e.g. for tainted GPU nodes).")
-    priority_class_name: Optional[str] = Field(None, description="PriorityClass of every pod of the job.")
+    memory_per_worker: str = Field("2Gi", max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN, description="Memory requested (and limited) per worker pod, as a Kubernetes quantity such as `4Gi`.")
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MAX_NODE_SELECTOR_ENTRIES,
+        description="Node labels (label keys and values) every pod of the job must match.",
+        json_schema_extra={"x-kubernetes-validations": [LABEL_MAP_KEYS_RULE]},
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_TOLERATIONS, description="Tolerations added to every pod of the job (e.g. for tainted GPU nodes).")
+    priority_class_name: Optional[str] = Field(None, max_length=DNS_SUBDOMAIN_MAX_LENGTH, pattern=DNS_SUBDOMAIN_PATTERN, description="PriorityClass of every pod of the job (a DNS subdomain).")
 
 
 class HeadSpec(ApiModel):
     """The Ray head pod, which runs the training driver (no training workers)."""
 
     cpus: float = Field(1.0, gt=0, le=512, description="CPU cores requested for the head pod.")
-    memory: str = Field("2Gi", pattern=QUANTITY_PATTERN, description="Memory requested (and limited) for the head pod.")
+    memory: str = Field("2Gi", max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN, description="Memory requested (and limited) for the head pod.")
 
 
 # --------------------------------------------------------------------------- model
@@ -104,7 +179,7 @@ class Activation(str, Enum):
 class PretrainedSpec(ApiModel):
     """Transfer learning: start from saved weights instead of a random initialisation."""
 
-    path: str = Field(..., min_length=1, pattern=STORAGE_PATTERN, description="State dict to load: a local/PVC path (`pvc://claim/path`) or `s3://bucket/key`. The classification head is replaced to fit the task.")
+    path: str = Field(..., min_length=1, max_length=LOCATION_MAX_LENGTH, pattern=STORAGE_PATTERN, description="State dict to load: a local/PVC path (`pvc://claim/path`) or `s3://bucket/key`. The classification head is replaced to fit the task.")
     freeze_backbone: bool = Field(False, description="Train only the new head; every other parameter keeps its loaded value.")
 
 
@@ -141,7 +216,7 @@ class SplitSpec(ApiModel):
     train: float = Field(0.70, gt=0.0, le=1.0, description="Fraction of rows used for training.")
     validation: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction used for validation (early stopping and checkpoint ranking).")
     test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction held out and evaluated once on the final model.")
-    seed: int = Field(0, ge=0, description="Seed of the shuffle before splitting, so every worker and every resume sees the same split.")
+    seed: int = Field(0, ge=0, le=INT_EXACT_MAX, description="Seed of the shuffle before splitting, so every worker and every resume sees the same split.")
 
     cross_field_rules = (
         CrossFieldRule(
@@ -194,9 +269,9 @@ class SyntheticSpec(ApiModel):
 class DataSpec(ApiModel):
     """Where the data comes from and how it is split, preprocessed and augmented."""
 
-    source: str = Field("builtin:digits", pattern=DATA_SOURCE_PATTERN, description="builtin:digits|iris|wine|breast_cancer (shipped with scikit-learn), synthetic:classification|regression, a file or directory path, pvc://claim/path or s3://bucket/key.")
+    source: str = Field("builtin:digits", max_length=LOCATION_MAX_LENGTH, pattern=DATA_SOURCE_PATTERN, description="builtin:digits|iris|wine|breast_cancer (shipped with scikit-learn), synthetic:classification|regression, a file or directory path, pvc://claim/path or s3://bucket/key.")
     format: DataFormat = Field(DataFormat.auto, description="auto infers csv/parquet from the file extension and imagefolder from a directory.")
-    target: str = Field("target", min_length=1, description="Column holding the label (csv/parquet).")
+    target: str = Field("target", min_length=1, max_length=COLUMN_MAX_LENGTH, pattern=COLUMN_PATTERN, description="Column holding the label (csv/parquet).")
     task: Task = Field(Task.auto, description="auto: classification for integer/string targets, regression for float targets.")
     split: SplitSpec = Field(default_factory=SplitSpec, description="Train/validation/test fractions and their seed.")
     preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec, description="Scaling and imputation, fitted on the training split.")
@@ -253,7 +328,7 @@ class HyperparametersSpec(ApiModel):
     gradient_clip_norm: Optional[float] = Field(None, gt=0.0, description="Clip the global gradient norm to this value.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Accumulate gradients over this many batches per optimizer step.")
     mixed_precision: MixedPrecision = Field(MixedPrecision.none, description="Autocast dtype: bf16 (CPU and GPU) or fp16 (GPU only, with a gradient scaler).")
-    seed: int = Field(42, ge=0, description="Seed for model initialisation, shuffling and augmentation.")
+    seed: int = Field(42, ge=0, le=INT_EXACT_MAX, description="Seed for model initialisation, shuffling and augmentation.")
 
     cross_field_rules = (
         CrossFieldRule(
@@ -271,10 +346,10 @@ class HyperparametersSpec(ApiModel):
 class CheckpointSpec(ApiModel):
     """Where and how often complete training state is saved."""
 
-    storage: Optional[str] = Field(None, pattern=STORAGE_PATTERN, description="pvc://claim/path, s3://bucket/prefix or a local path. On a cluster it must be shared storage; when empty the operator's default is used. `kiln run` defaults to its output directory.")
+    storage: Optional[str] = Field(None, max_length=LOCATION_MAX_LENGTH, pattern=STORAGE_PATTERN, description="pvc://claim/path, s3://bucket/prefix or a local path. On a cluster it must be shared storage; when empty the operator's default is used. `kiln run` defaults to its output directory.")
     every_epochs: int = Field(1, ge=1, le=10_000, description="Save a checkpoint every this many epochs (and always at the end).")
     keep: int = Field(2, ge=1, le=1000, description="Newest checkpoints to keep; the best by `metric` is kept as well.")
-    metric: str = Field("val_loss", min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Metric that ranks checkpoints (e.g. val_loss, val_accuracy).")
+    metric: str = Field("val_loss", min_length=1, max_length=METRIC_MAX_LENGTH, pattern=METRIC_PATTERN, description="Metric that ranks checkpoints (e.g. val_loss, val_accuracy).")
     mode: Optional[Mode] = Field(None, description="min or max; defaults to min for losses/errors and max otherwise.")
     resume: bool = Field(True, description="On start, resume from the newest valid checkpoint in storage.")
 
@@ -286,7 +361,7 @@ class CheckpointSpec(ApiModel):
 class EarlyStoppingSpec(ApiModel):
     """Stop when a validation metric stops improving (PyTorch Lightning's EarlyStopping semantics)."""
 
-    metric: str = Field("val_loss", min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Metric to monitor.")
+    metric: str = Field("val_loss", min_length=1, max_length=METRIC_MAX_LENGTH, pattern=METRIC_PATTERN, description="Metric to monitor.")
     mode: Optional[Mode] = Field(None, description="min or max; defaults to min for losses/errors and max otherwise.")
     patience: int = Field(3, ge=0, le=100_000, description="Checks without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0.0, description="An improvement must beat the best by more than this.")
@@ -331,7 +406,23 @@ class FailurePolicySpec(ApiModel):
 class MetricsSpec(ApiModel):
     """The training driver's HTTP endpoint (`/metrics` for Prometheus, `/status` for the operator)."""
 
-    port: int = Field(8000, ge=1024, le=65535, description="Port of the driver's /metrics and /status endpoint.")
+    port: int = Field(8000, ge=1024, le=65535, description="Port of the driver's /metrics and /status endpoint; not one of Ray's (6379, 8080, 8265, 10001, 10002-19999, 52365).")
+
+    cross_field_rules = (
+        CrossFieldRule(
+            cel=(
+                f"!(self.port in [{', '.join(str(p) for p in sorted(RAY_RESERVED_PORTS))}])"
+                f" && (self.port < {RAY_WORKER_PORTS[0]} || self.port > {RAY_WORKER_PORTS[1]})"
+            ),
+            message=(
+                "must not be a port Ray listens on in the pods: "
+                + ", ".join(f"{port} ({what})" for port, what in sorted(RAY_RESERVED_PORTS.items()))
+                + f", {RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]} (Ray worker processes)"
+            ),
+            field_path=".port",
+            check=lambda m: m.port not in RAY_RESERVED_PORTS and not RAY_WORKER_PORTS[0] <= m.port <= RAY_WORKER_PORTS[1],
+        ),
+    )
 
 
 class PullPolicy(str, Enum):
@@ -343,15 +434,19 @@ class PullPolicy(str, Enum):
 class TrainingJobSpec(ApiModel):
     """What to train, on what, with which resources."""
 
-    image: Optional[str] = Field(None, min_length=1, description="Trainer image for the head and workers; defaults to the operator's configured trainer image.")
+    image: Optional[Image] = Field(
+        None,
+        description="Trainer image for the head and workers (an image reference such as `registry.example.com:5000/team/trainer:1.0`); defaults to the operator's configured trainer image.",
+        json_schema_extra={"x-kubernetes-validations": [IMAGE_NAME_LENGTH_RULE]},
+    )
     image_pull_policy: Optional[PullPolicy] = Field(None, description="Always, IfNotPresent or Never.")
     suspend: bool = Field(False, description="true deletes the job's pods and keeps the job; false again resumes from the latest checkpoint.")
-    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, description="Delete the job this many seconds after it succeeds or fails.")
+    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, le=INT_EXACT_MAX, description="Delete the job this many seconds after it succeeds or fails.")
     startup_timeout_seconds: int = Field(600, ge=1, le=86_400, description="Fail the job if its pods cannot all be scheduled and started within this time.")
     workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Worker pods.")
     head: HeadSpec = Field(default_factory=HeadSpec, description="Head pod (Ray head and training driver).")
     model: Optional[ModelSpec] = Field(None, description="Built-in model to train (default: an mlp). Exclusive with entrypoint.")
-    entrypoint: Optional[str] = Field(None, pattern=ENTRYPOINT_PATTERN, description="Custom training code as `package.module:function`, run on every worker with the kiln_trainer SDK. Exclusive with model.")
+    entrypoint: Optional[str] = Field(None, max_length=ENTRYPOINT_MAX_LENGTH, pattern=ENTRYPOINT_PATTERN, description="Custom training code as `package.module:function`, run on every worker with the kiln_trainer SDK. Exclusive with model.")
     data: DataSpec = Field(default_factory=DataSpec, description="Training data.")
     hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec, description="Optimisation settings.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing and resume.")
@@ -371,6 +466,19 @@ class TrainingJobSpec(ApiModel):
             message="must be at least workers.replicas (the global batch is split across workers)",
             field_path=".hyperparameters.batchSize",
             check=lambda s: s.hyperparameters.batch_size >= s.workers.replicas,
+        ),
+        CrossFieldRule(
+            cel=f"has(self.entrypoint) || !has(self.earlyStopping) || self.earlyStopping.metric in {BUILTIN_METRICS_CEL}",
+            message=METRICS_MESSAGE,
+            field_path=".earlyStopping.metric",
+            check=lambda s: s.entrypoint is not None or s.early_stopping is None
+            or s.early_stopping.metric in builtin_metrics(s.data),
+        ),
+        CrossFieldRule(
+            cel=f"has(self.entrypoint) || self.checkpoint.metric in {BUILTIN_METRICS_CEL}",
+            message=METRICS_MESSAGE,
+            field_path=".checkpoint.metric",
+            check=lambda s: s.entrypoint is not None or s.checkpoint.metric in builtin_metrics(s.data),
         ),
         CrossFieldRule(
             cel="!has(self.earlyStopping) || !self.earlyStopping.metric.startsWith('val_') || self.data.split.validation > 0.0",

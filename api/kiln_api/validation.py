@@ -11,9 +11,15 @@ The steps follow the API server's order for a custom resource:
    converted as Kubernetes converts it (schema `number` -> double, absent or null -> not
    `has()`); like the API server, no rule runs once a value has the wrong type.
 
+ObjectMeta is checked as the API server checks it (name, namespace, label and annotation
+syntax, the 256 KiB annotation budget). Patterns are matched as Go's RE2 matches them (`$` is
+the end of the string, not also a position before a final newline), and not at all on a
+string already longer than its `maxLength` (the one error is enough, and a long string is
+where a backtracking regex engine could take its time).
+
 Known gaps against a real API server: Kubernetes' CEL library extensions (`quantity()`,
-`isSorted()`, ...) are missing, CEL cost limits are not estimated, and ObjectMeta is only
-checked for a name.
+`isSorted()`, ...) are missing, CEL cost limits are not estimated, and ObjectMeta fields the
+API server sets itself (uid, generation, ...) are not checked.
 """
 
 from __future__ import annotations
@@ -21,15 +27,24 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import cel
+from jsonschema import validators
 from jsonschema.exceptions import ValidationError as SchemaError
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from .errors import FieldError, append_field_path, child_path, format_path, show_value
+from .k8s_syntax import (
+    ANNOTATIONS_MAX_BYTES,
+    annotations_size,
+    dns_label_problem,
+    label_value_problem,
+    qualified_name_problem,
+)
 
 Schema = dict[str, Any]
 RULES_NOT_CHECKED = "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
@@ -98,12 +113,33 @@ def _sub_schema(schema: Schema, key: str) -> Schema | None:
 # --------------------------------------------------------------------------- decoding, pruning
 
 
+def _utf8_problem(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def non_json_errors(value: Any, path: str = "") -> list[FieldError]:
-    """NaN and infinities (YAML `.nan`, `.inf`) cannot be sent as JSON, so never reach the API server."""
+    """What cannot be sent as JSON, so never reaches the API server: NaN and infinities (YAML
+    `.nan`, `.inf`), strings that are not Unicode text (YAML `"\\ud800"`: a lone surrogate),
+    map keys that are not strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return [FieldError(path, f"Invalid value: {value}: must be a finite number (JSON has no NaN or Infinity)")]
+    if isinstance(value, str) and _utf8_problem(value):
+        return [FieldError(path, "Invalid value: must be valid Unicode text (found a lone surrogate)")]
     if isinstance(value, dict):
-        return [error for key, item in value.items() for error in non_json_errors(item, child_path(path, str(key)))]
+        errors: list[FieldError] = []
+        for key, item in value.items():
+            where = child_path(path, str(key))
+            if not isinstance(key, str):
+                errors.append(FieldError(where, f"Invalid value: {show_value(key)}: map keys must be strings (quote the key)"))
+            elif _utf8_problem(key):
+                errors.append(FieldError(path, "Invalid value: map keys must be valid Unicode text (found a lone surrogate)"))
+            else:
+                errors.extend(non_json_errors(item, where))
+        return errors
     if isinstance(value, list):
         return [error for index, item in enumerate(value) for error in non_json_errors(item, child_path(path, index))]
     return []
@@ -189,6 +225,43 @@ def _schema_reason(error: SchemaError) -> str:
     return f"Invalid value: {shown}: {error.message}"
 
 
+@functools.lru_cache(maxsize=256)
+def go_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a schema pattern so that it matches as Go's RE2 would: `$` outside a character
+    class becomes `\\Z` (Python's `$` also matches just before a final newline)."""
+    out: list[str] = []
+    index, class_start = 0, -1  # class_start: where the open character class's members begin
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            out.append(pattern[index : index + 2])
+            index += 2
+            continue
+        if class_start >= 0:
+            if char == "]" and index > class_start:
+                class_start = -1
+        elif char == "[":
+            class_start = index + 2 if pattern[index + 1 : index + 2] == "^" else index + 1
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+        index += 1
+    return re.compile("".join(out))
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Schema) -> Iterator[SchemaError]:
+    if not validator.is_type(instance, "string"):
+        return
+    limit = schema.get("maxLength")
+    if isinstance(limit, int) and len(instance) > limit:
+        return  # `maxLength` reports it
+    if not go_regex(pattern).search(instance):
+        yield SchemaError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = validators.extend(OAS30Validator, {"pattern": _pattern})
+
+
 def _schema_errors(obj: dict[str, Any], schema: Schema) -> tuple[list[FieldError], bool]:
     """Schema violations, and whether any is *blocking* (a value of the wrong type).
 
@@ -196,7 +269,7 @@ def _schema_errors(obj: dict[str, Any], schema: Schema) -> tuple[list[FieldError
     type-checked against the schema; it still runs them after range, pattern, enum or
     required-field errors.
     """
-    validator = OAS30Validator(schema, format_checker=oas30_format_checker)
+    validator = _Validator(schema, format_checker=oas30_format_checker)
     found: list[FieldError] = []
     blocking = False
     for error in sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path]):
@@ -282,14 +355,51 @@ def cel_errors(value: Any, schema: Schema, path: str = "", root: bool = False) -
 
 
 def _metadata_errors(obj: dict[str, Any]) -> list[FieldError]:
+    """ObjectMeta as the API server validates it (ValidateObjectMeta): what the schema cannot say."""
     metadata = obj.get("metadata")
     if metadata is None:
         return [FieldError("metadata", "Required value")]
     if not isinstance(metadata, dict):
         return []  # the schema reports the wrong type
+    errors: list[FieldError] = []
     if not metadata.get("name") and not metadata.get("generateName"):
-        return [FieldError("metadata.name", "Required value: name or generateName is required")]
-    return []
+        errors.append(FieldError("metadata.name", "Required value: name or generateName is required"))
+    namespace = metadata.get("namespace")
+    if namespace is not None:
+        if not isinstance(namespace, str):
+            errors.append(FieldError("metadata.namespace", f"Invalid value: {show_value(namespace)}: must be of type string"))
+        elif problem := dns_label_problem(namespace):
+            errors.append(FieldError("metadata.namespace", f"Invalid value: {show_value(namespace)}: {problem}"))
+    errors.extend(_string_map_errors(metadata, "labels", qualified_name_problem, label_value_problem))
+    errors.extend(_string_map_errors(metadata, "annotations", lambda key: qualified_name_problem(key.lower()), None))
+    annotations = metadata.get("annotations")
+    if isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values()):
+        size = annotations_size(annotations)
+        if size > ANNOTATIONS_MAX_BYTES:
+            errors.append(FieldError("metadata.annotations", f"Too long: must have at most {ANNOTATIONS_MAX_BYTES} bytes (has {size})"))
+    return errors
+
+
+def _string_map_errors(metadata: dict[str, Any], field_name: str, key_problem: Any, value_problem: Any) -> list[FieldError]:
+    where = f"metadata.{field_name}"
+    value = metadata.get(field_name)
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [FieldError(where, f"Invalid value: {show_value(value)}: must be of type object")]
+    errors: list[FieldError] = []
+    for key, item in value.items():
+        if not isinstance(key, str):
+            continue  # non_json_errors reports it
+        if problem := key_problem(key):
+            errors.append(FieldError(where, f"Invalid value: {show_value(key)}: {problem}"))
+        if item is None:
+            continue  # decoded as ""
+        if not isinstance(item, str):
+            errors.append(FieldError(f"{where}[{key}]", f"Invalid value: {show_value(item)}: must be of type string"))
+        elif value_problem is not None and (problem := value_problem(item)):
+            errors.append(FieldError(where, f"Invalid value: {show_value(item)}: {problem}"))
+    return errors
 
 
 def validate_object(obj: Any, crd: dict[str, Any] | None = None) -> ValidationResult:
@@ -308,7 +418,8 @@ def validate_object(obj: Any, crd: dict[str, Any] | None = None) -> ValidationRe
     meta_errors = _metadata_errors(work)
     schema_found, blocking = _schema_errors(work, schema)
     errors.extend(meta_errors + schema_found)
-    if blocking or meta_errors or not isinstance(work.get("metadata"), dict):
+    name_missing = any(error.path == "metadata.name" and error.reason.startswith("Required") for error in meta_errors)
+    if blocking or name_missing or not isinstance(work.get("metadata"), dict):
         errors.append(FieldError("", f'Invalid value: "object": {RULES_NOT_CHECKED}'))
     else:
         errors.extend(cel_errors(work, schema, root=True))

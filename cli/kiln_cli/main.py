@@ -7,14 +7,22 @@ only the base install, and the trainer and operator never import each other.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+
+DEFAULT_STORAGE_VARIABLE = "KILN_DEFAULT_CHECKPOINT_STORAGE"
+
+
+def _default_storage(args: argparse.Namespace) -> str | None:
+    """The operator's default checkpoint storage to judge jobs by: the flag, else the operator's variable."""
+    return args.default_checkpoint_storage or os.environ.get(DEFAULT_STORAGE_VARIABLE) or None
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from kiln_api.validate_cli import validate_files
 
-    return validate_files(args.files, out=sys.stdout)
+    return validate_files(args.files, out=sys.stdout, default_storage=_default_storage(args))
 
 
 def _cmd_crd(args: argparse.Namespace) -> int:
@@ -33,7 +41,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     from kiln_operator.render import render_cli
 
-    return render_cli(args.file, out=sys.stdout)
+    environ = dict(os.environ)
+    if args.default_checkpoint_storage:
+        environ[DEFAULT_STORAGE_VARIABLE] = args.default_checkpoint_storage
+    return render_cli(args.file, out=sys.stdout, environ=environ)
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
@@ -54,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="validate manifests as the API server and the operator would")
     validate.add_argument("files", nargs="+", help="TrainingJob manifests (YAML, multi-document allowed)")
+    validate.add_argument("--default-checkpoint-storage", metavar="URL",
+                          help=f"the operator's default storage for jobs without one (default: ${DEFAULT_STORAGE_VARIABLE})")
     validate.set_defaults(func=_cmd_validate)
 
     crd = sub.add_parser("crd", help="print the TrainingJob CustomResourceDefinition")
@@ -61,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="print every Kubernetes object the operator would create for a manifest")
     render.add_argument("file", help="TrainingJob manifest (YAML)")
+    render.add_argument("--default-checkpoint-storage", metavar="URL",
+                        help=f"the operator's default storage for jobs without one (default: ${DEFAULT_STORAGE_VARIABLE})")
     render.set_defaults(func=_cmd_render)
 
     operator = sub.add_parser("operator", help="run the operator (kopf) against the current kubeconfig", add_help=False)

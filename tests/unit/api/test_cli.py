@@ -91,7 +91,7 @@ def test_validate_labels_documents_of_a_multi_document_file(tmp_path: Path):
     out = io.StringIO()
     assert validate_files([path], out=out) == 1
     lines = out.getvalue().splitlines()
-    assert lines[0] == f"OK good ({path}:doc1)"
+    assert lines[0].startswith(f"OK good ({path}:doc1)")
     assert lines[1].startswith(f"{path}:doc2: metadata.name: ")
 
 

@@ -104,7 +104,10 @@ def test_defaults_keep_scalars_and_empty_objects_only():
 
 def test_maps_keep_typed_additional_properties():
     workers = _schema()["properties"]["spec"]["properties"]["workers"]["properties"]
-    assert workers["nodeSelector"]["additionalProperties"] == {"type": "string"}
+    # Values are label values; keys are checked by CEL (structural schemas cannot constrain them).
+    assert workers["nodeSelector"]["additionalProperties"]["type"] == "string"
+    assert workers["nodeSelector"]["additionalProperties"]["maxLength"] == 63
+    assert "propertyNames" not in workers["nodeSelector"] and "patternProperties" not in workers["nodeSelector"]
     metrics = _schema()["properties"]["status"]["properties"]["metrics"]
     assert metrics["additionalProperties"] == {"type": "number"}
 

@@ -241,8 +241,6 @@ def test_spec_hash_ignores_only_the_mutable_fields():
     [
         ({}, OperatorSettings(), "NoCheckpointStorage"),
         ({"checkpoint": {"storage": "/tmp/ckpt"}}, SETTINGS, "CheckpointStorageNotShared"),
-        ({"metrics": {"port": 6379}}, SETTINGS, "InvalidSpec"),
-        ({"metrics": {"port": 12000}}, SETTINGS, "InvalidSpec"),
         ({"checkpoint": {"storage": "s3://b/p"}}, OperatorSettings(), None),
         ({}, SETTINGS, None),
     ],
