@@ -1,4 +1,4 @@
-"""Kiln's own checkpoints: atomic, self-validating, retained by recency and quality.
+"""Kiln's own checkpoints: atomic, self-validating, fenced, retained by recency and quality.
 
 Why not Ray Train's checkpoints: Ray registers a checkpoint through `ray.train.report`,
 which is throttled (see shared/README.md), and resumes only when the run name matches.
@@ -8,100 +8,72 @@ reads the newest valid one, so a Ray worker-group restart, an operator head rest
 
 Layout under `checkpoint.storage` (a local/PVC directory or an fsspec URL such as s3://):
 
-    epoch-000007/state.pt        torch.save of the complete training state
+    owner.json                   the job, model fingerprint and generation that own the location
+                                 (checkpoint_fence.py)
+    epoch-000007/state.pt        torch.save of the training state: tensors and plain values only
     epoch-000007/user/...        files a custom entrypoint handed to `report(checkpoint_dir=...)`
-    epoch-000007/manifest.json   written last: epoch, step, metrics, size + sha256 of every file
+    epoch-000007/manifest.json   written last: epoch, step, metrics, the writer's job, fingerprint,
+                                 generation and lineage, size + sha256 of every file
 
-Locally a checkpoint is assembled in `.tmp-epoch-000007-<id>/` and renamed into place, so
-a half-written one is never visible under its final name. On object stores (no atomic
-rename) the manifest is written last and a directory without a matching manifest is
-ignored. Loading verifies sizes and hashes; a truncated or corrupt newest checkpoint is
-skipped with a warning and the previous one used.
+Locally a checkpoint is assembled (every file fsynced) in `.tmp-epoch-000007-<id>/` and renamed
+into place, holding the fence's lock, after checking that this run still owns the location; the
+directory is fsynced after the rename. On object stores (no atomic rename) the manifest is written
+last and a directory without a matching manifest is ignored. Loading verifies sizes and hashes:
+a mismatch (or an unparsable manifest) is corruption, skipped with a warning; an OSError from the
+storage is not, and fails the run so that it is retried (checkpoint_io.StorageUnavailable).
+`state.pt` is read with `torch.load(weights_only=True)`: nothing in storage can run code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
-import math
 import os
+import pickle
+import re
 import shutil
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 from kiln_api.timefmt import rfc3339
 
-from .storage import is_remote
+from .checkpoint_fence import STORAGE_FIELD, Fence, JobIdentity, StaleWriter
+from .checkpoint_info import (
+    PREFIX,
+    CheckpointInfo,
+    best_of,
+    checkpoint_name,
+    info_from_manifest,
+    is_better,
+    select_for_deletion,
+)
+from .checkpoint_io import TMP_PREFIX, Storage, StorageUnavailable, unavailable
+from .data.errors import SpecError
 
 log = logging.getLogger("kiln_trainer.checkpoints")
 
-PREFIX = "epoch-"
-TMP_PREFIX = ".tmp-"
 MANIFEST = "manifest.json"
 STATE = "state.pt"
 USER_DIR = "user"
+
+__all__ = ["BackgroundWriter", "CheckpointInfo", "CheckpointStore", "CorruptCheckpoint", "StaleWriter",
+           "StorageUnavailable", "UnsafeCheckpoint", "best_of", "checkpoint_name", "is_better", "select_for_deletion",
+           "serialize_state"]
 
 
 class CorruptCheckpoint(Exception):
     """A checkpoint whose files do not match its manifest."""
 
 
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """One complete checkpoint, as described by its manifest."""
-
-    name: str
-    location: str
-    epoch: int
-    step: int
-    metrics: dict[str, float]
-    timestamp: str
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def value(self, metric: str) -> Optional[float]:
-        value = self.metrics.get(metric)
-        return None if value is None or not math.isfinite(value) else float(value)
-
-
-def checkpoint_name(epoch: int) -> str:
-    return f"{PREFIX}{epoch:06d}"
-
-
-def is_better(a: Optional[float], b: Optional[float], mode: str) -> bool:
-    """Whether metric value `a` beats `b` (None never beats anything)."""
-    if a is None:
-        return False
-    if b is None:
-        return True
-    return a < b if mode == "min" else a > b
-
-
-def best_of(infos: list[CheckpointInfo], metric: str, mode: str) -> Optional[CheckpointInfo]:
-    """The checkpoint with the best `metric`; the earliest wins a tie."""
-    best: Optional[CheckpointInfo] = None
-    for info in sorted(infos, key=lambda i: i.epoch):
-        if is_better(info.value(metric), best.value(metric) if best else None, mode):
-            best = info
-    return best
-
-
-def select_for_deletion(
-    infos: list[CheckpointInfo], keep: int, metric: str, mode: str, protected: frozenset[str] = frozenset()
-) -> list[str]:
-    """Names to delete: everything except the newest `keep`, the best by `metric`, and `protected`."""
-    newest = sorted(infos, key=lambda i: i.epoch, reverse=True)
-    kept = {info.name for info in newest[:keep]}
-    best = best_of(infos, metric, mode)
-    if best is not None:
-        kept.add(best.name)
-    return [info.name for info in newest if info.name not in kept and info.name not in protected]
+class UnsafeCheckpoint(SpecError):
+    """A checkpoint whose state holds objects that only a full unpickler (able to run code) could load."""
 
 
 def serialize_state(state: dict[str, Any]) -> bytes:
@@ -112,58 +84,44 @@ def serialize_state(state: dict[str, Any]) -> bytes:
 
 
 class CheckpointStore:
-    """Reads and writes checkpoints under one storage location (local path or fsspec URL)."""
+    """Reads and writes checkpoints under one storage location (local path or fsspec URL).
+
+    Unfenced until `attach_fence(...).claim()` (a tool or test reading a location needs no claim);
+    RunCore claims before its first write."""
 
     def __init__(self, location: str, keep: int = 2, metric: str = "val_loss", mode: str = "min") -> None:
-        self.location = location.rstrip("/") or "/"
-        self.keep = keep
-        self.metric = metric
-        self.mode = mode
-        self.remote = is_remote(location)
-        if self.remote:
-            import fsspec
+        self.io = Storage(location)
+        self.location = self.io.location
+        self.keep, self.metric, self.mode = keep, metric, mode
+        self.remote = self.io.remote
+        self.fence: Optional[Fence] = None
+        # Set by RunCore once it knows whether it resumed: the lineage its checkpoints continue.
+        # Retention's and restoreBestWeights' "best" look only within it. None: every checkpoint.
+        self.lineage: Optional[int] = None
+        self._verified: dict[str, bool] = {}  # verification results by manifest digest (see _checked)
 
-            self.fs, self.root = fsspec.core.url_to_fs(location)
-        else:
-            self.fs, self.root = None, self.location
-            os.makedirs(self.root, exist_ok=True)
+    @property
+    def fs(self) -> Any:
+        return self.io.fs
 
-    # ------------------------------------------------------------------ paths and raw I/O
+    @property
+    def root(self) -> str:
+        return self.io.root
+
+    @root.setter
+    def root(self, value: str) -> None:
+        self.io.root = value
 
     def _join(self, *parts: str) -> str:
-        return "/".join([self.root.rstrip("/"), *parts])
+        return self.io.join(*parts)
 
-    def _url(self, name: str) -> str:
-        return f"{self.location}/{name}"
+    def attach_fence(self, job: JobIdentity, fingerprint: dict[str, Any], run_id: str, suggestion: str) -> Fence:
+        """The fence of one run; `claim()` it (rank 0) or `inspect()` it (the other ranks)."""
+        self.fence = Fence(self.io, job, fingerprint, run_id, suggestion, newest_stamp=self._newest_stamp)
+        return self.fence
 
-    def _read(self, path: str) -> bytes:
-        if self.fs is not None:
-            return self.fs.cat_file(path)
-        with open(path, "rb") as handle:
-            return handle.read()
-
-    def _write(self, path: str, data: bytes) -> None:
-        if self.fs is not None:
-            self.fs.pipe_file(path, data)
-            return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def _names(self) -> list[str]:
-        if self.fs is not None:
-            if not self.fs.exists(self.root):
-                return []
-            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
-        return os.listdir(self.root) if os.path.isdir(self.root) else []
-
-    def _remove(self, name: str) -> None:
-        if self.fs is not None:
-            self.fs.rm(self._join(name), recursive=True)
-        else:
-            shutil.rmtree(self._join(name), ignore_errors=True)
+    def _newest_stamp(self) -> Optional[dict[str, Any]]:
+        return next((i.stamp for i in reversed(self.list()) if i.stamp), None)
 
     # ------------------------------------------------------------------ writing
 
@@ -192,39 +150,68 @@ class CheckpointStore:
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
             "timestamp": rfc3339(),
             "files": {rel: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for rel, data in files.items()},
+            **(self.fence.stamp() if self.fence is not None else {}),
+            **({"lineage": self.lineage} if self.lineage is not None else {}),
         }
-        if self.remote:
-            self._save_remote(name, files, manifest)
-        else:
-            self._save_local(name, files, manifest)
-        return _info_from_manifest(name, self._url(name), manifest)
+        try:
+            if self.remote:
+                self._save_remote(name, files, manifest)
+            else:
+                self._save_local(name, files, manifest)
+        except OSError as exc:
+            # A write that failed because another driver took over (and reclaimed our temp
+            # directory) is a stale writer, not a storage fault.
+            if self.fence is not None and self.fence.generation is not None:
+                self.fence.check_current(f"saving {name} failed: {exc}")
+            raise
+        info = info_from_manifest(name, self.io.url(name), json.loads(json.dumps(manifest)))
+        self._verified[_digest(info)] = True  # just written and fsynced from these very bytes
+        return info
+
+    def _guard(self, action: str) -> Any:
+        return self.fence.guard(action) if self.fence is not None else contextlib.nullcontext()
 
     def _save_local(self, name: str, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
-        tmp = self._join(f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
-        for rel, data in files.items():
-            self._write(f"{tmp}/{rel}", data)
-        self._write(f"{tmp}/{MANIFEST}", json.dumps(manifest).encode())
-        final = self._join(name)
-        if os.path.exists(final):
-            trash = self._join(f"{TMP_PREFIX}old-{name}-{uuid.uuid4().hex[:8]}")
-            os.rename(final, trash)
-            os.rename(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        tmp_name = f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        tmp, final = self.io.join(tmp_name), self.io.join(name)
+        try:
+            for rel, data in files.items():
+                self.io.write(f"{tmp}/{rel}", data)
+            self.io.write(f"{tmp}/{MANIFEST}", json.dumps(manifest).encode())
+            with self._guard(f"renaming {name} into place"):
+                if os.path.exists(final):
+                    trash = self.io.join(f"{TMP_PREFIX}old-{name}-{uuid.uuid4().hex[:8]}")
+                    self.io.rename(final, trash)
+                    self.io.rename(tmp, final)
+                    shutil.rmtree(trash, ignore_errors=True)
+                else:
+                    self.io.rename(tmp, final)
+        finally:
+            # After a failure (a full disk, a stale writer) nothing of this save may stay behind.
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _save_remote(self, name: str, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
-        if name in self._names():
-            self._remove(name)
+        with self._guard(f"replacing {name}"):
+            if name in self.io.names():
+                self.io.remove(name)
         for rel, data in files.items():
-            self._write(self._join(name, rel), data)
-        self._write(self._join(name, MANIFEST), json.dumps(manifest).encode())
+            self.io.write(self.io.join(name, rel), data)
+        with self._guard(f"committing {name}"):  # the manifest makes the checkpoint visible
+            self.io.write(self.io.join(name, MANIFEST), json.dumps(manifest).encode())
 
     def prune(self, protected: frozenset[str] = frozenset()) -> list[str]:
-        """Apply retention; returns the names deleted."""
-        doomed = select_for_deletion(self.list(), self.keep, self.metric, self.mode, protected)
-        for name in doomed:
-            self._remove(name)
+        """Apply retention over the verified checkpoints and delete corrupt ones; returns the names deleted."""
+        verified, corrupt = [], []
+        for info in self.list():
+            (verified if self._checked(info) else corrupt).append(info)
+        doomed = select_for_deletion(verified, self.keep, self.metric, self.mode, protected, self.lineage)
+        for info in corrupt:
+            log.warning("deleting corrupt checkpoint %s: it can never be resumed from", info.location)
+            doomed.append(info.name)
+        if doomed:
+            with self._guard(f"pruning {', '.join(doomed)}"):
+                for name in doomed:
+                    self.io.remove(name)
         return doomed
 
     # ------------------------------------------------------------------ reading
@@ -232,45 +219,82 @@ class CheckpointStore:
     def list(self) -> list[CheckpointInfo]:
         """Checkpoints with a readable manifest, oldest first (file contents not yet verified)."""
         infos = []
-        for name in sorted(self._names()):
+        for name in sorted(self.io.names()):
             if not name.startswith(PREFIX):
                 continue
             try:
-                manifest = json.loads(self._read(self._join(name, MANIFEST)))
-                infos.append(_info_from_manifest(name, self._url(name), manifest))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("skipping checkpoint %s: no readable manifest (%s)", self._url(name), exc)
-        return sorted(infos, key=lambda i: i.epoch)
+                manifest = json.loads(self.io.read(self.io.join(name, MANIFEST)))
+                infos.append(info_from_manifest(name, self.io.url(name), manifest))
+            except FileNotFoundError as exc:
+                log.warning("skipping checkpoint %s: no readable manifest (%s)", self.io.url(name), exc)
+            except OSError as exc:
+                raise unavailable(f"reading {self.io.url(name)}/{MANIFEST}", exc) from exc
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping checkpoint %s: no readable manifest (%s)", self.io.url(name), exc)
+        return sorted(infos, key=lambda i: i.recency)
 
     def verify(self, info: CheckpointInfo) -> None:
-        """Raise CorruptCheckpoint unless every file matches the manifest's size and hash."""
+        """Raise CorruptCheckpoint unless every file matches the manifest's size and hash;
+        StorageUnavailable when the storage cannot say."""
         for rel, expected in info.files.items():
             try:
-                data = self._read(self._join(info.name, rel))
+                data = self.io.read(self.io.join(info.name, rel))
+            except FileNotFoundError as exc:
+                raise CorruptCheckpoint(f"{rel} is missing") from exc
             except OSError as exc:
-                raise CorruptCheckpoint(f"{rel} unreadable: {exc}") from exc
+                raise unavailable(f"verifying {info.location}/{rel}", exc) from exc
             if len(data) != expected["size"]:
                 raise CorruptCheckpoint(f"{rel} has {len(data)} bytes, manifest says {expected['size']}")
             if hashlib.sha256(data).hexdigest() != expected["sha256"]:
                 raise CorruptCheckpoint(f"{rel} does not match its sha256")
 
+    def _checked(self, info: CheckpointInfo) -> bool:
+        """Whether `info` verifies, remembered per manifest so retention reads each checkpoint once."""
+        key = _digest(info)
+        if key not in self._verified:
+            try:
+                self.verify(info)
+                self._verified[key] = True
+            except CorruptCheckpoint as exc:
+                log.warning("checkpoint %s is corrupt (%s)", info.location, exc)
+                self._verified[key] = False
+        return self._verified[key]
+
     def load_state(self, info: CheckpointInfo, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        data = self._read(self._join(info.name, STATE))
-        # Our own files in the job's own storage: full unpickling is needed for scheduler states.
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+        """The saved state, unpickled with torch's weights-only unpickler: tensors and plain values only."""
+        try:
+            data = self.io.read(self.io.join(info.name, STATE))
+        except OSError as exc:
+            raise unavailable(f"reading {info.location}/{STATE}", exc) from exc
+        try:
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|$)", str(exc), re.M)
+            raise UnsafeCheckpoint(
+                STORAGE_FIELD,
+                f"{info.location}/{STATE} holds more than tensors and plain values "
+                f"({found.group(1) if found else 'unsupported pickle content'}); Kiln never unpickles code from "
+                "checkpoint storage. If this job did not write it, the storage was tampered with: remove that "
+                "checkpoint (or use a clean location) and run again",
+            ) from None
 
     def latest_valid(self) -> Optional[CheckpointInfo]:
-        """The newest checkpoint that verifies; broken newer ones are skipped with a warning."""
+        """The newest checkpoint that verifies; corrupt newer ones are skipped with a warning, while a
+        storage error (StorageUnavailable) propagates: it says nothing about the checkpoint."""
         for info in reversed(self.list()):
             try:
                 self.verify(info)
-                return info
             except CorruptCheckpoint as exc:
+                self._verified[_digest(info)] = False
                 log.warning("skipping corrupt checkpoint %s (%s); trying the previous one", info.location, exc)
+                continue
+            self._verified[_digest(info)] = True
+            return info
         return None
 
     def best(self) -> Optional[CheckpointInfo]:
-        return best_of(self.list(), self.metric, self.mode)
+        infos = [i for i in self.list() if self.lineage is None or i.lineage == self.lineage]
+        return best_of([i for i in infos if self._checked(i)], self.metric, self.mode)
 
     def fetch_user_dir(self, info: CheckpointInfo, dest: str) -> str:
         """Copy a checkpoint's user files into `dest` (a local directory) and return it."""
@@ -280,7 +304,7 @@ class CheckpointStore:
                 target = os.path.join(dest, rel[len(USER_DIR) + 1 :])
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 with open(target, "wb") as handle:
-                    handle.write(self._read(self._join(info.name, rel)))
+                    handle.write(self.io.read(self.io.join(info.name, rel)))
         return dest
 
 
@@ -295,16 +319,8 @@ def read_tree(directory: str, prefix: str) -> dict[str, bytes]:
     return files
 
 
-def _info_from_manifest(name: str, location: str, manifest: dict[str, Any]) -> CheckpointInfo:
-    return CheckpointInfo(
-        name=name,
-        location=location,
-        epoch=int(manifest["epoch"]),
-        step=int(manifest.get("step", 0)),
-        metrics={k: float(v) for k, v in manifest.get("metrics", {}).items()},
-        timestamp=str(manifest.get("timestamp", "")),
-        files=dict(manifest.get("files", {})),
-    )
+def _digest(info: CheckpointInfo) -> str:
+    return hashlib.sha256(json.dumps([info.name, info.timestamp, info.run, info.files], sort_keys=True).encode()).hexdigest()
 
 
 class BackgroundWriter:

@@ -41,6 +41,7 @@ from .events import (
     SpecInvalid,
     Started,
     StatusSet,
+    Superseded,
     UnknownEvent,
     from_wire,
 )
@@ -113,6 +114,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._epoch_seconds: list[float] = []
         self.error: Optional[SpecInvalid] = None
+        self.superseded: Optional[Superseded] = None
         self.finished: Optional[Finished] = None
         self.port: Optional[int] = None
         self.first_step_time: Optional[float] = None
@@ -143,6 +145,10 @@ class JobRunner:
             self.error = event
             self.status = fail(self.status, "InvalidSpec", event.message)
             return
+        if isinstance(event, Superseded):
+            self.superseded = event
+            self.status = fail(self.status, "Superseded", event.message)
+            return
         self.status = apply_event(self.status, event, self._epoch_seconds)
         match event:
             case Started():
@@ -169,14 +175,22 @@ class JobRunner:
     # ------------------------------------------------------------------ running
 
     def run(self) -> int:
-        server = start_server(self.metrics, self.status_json, self.options.port, fallback=self.options.port_fallback)
-        self.port = server.port
+        server = None
         try:
-            code = self._run_guarded()
+            # Inside the try: a port that cannot be served still ends with a termination message.
+            try:
+                server = start_server(self.metrics, self.status_json, self.options.port, fallback=self.options.port_fallback)
+            except OSError as exc:
+                return self._failed(
+                    "MetricsPortUnavailable",
+                    f"spec.metrics.port: cannot serve /metrics and /status on port {self.options.port}: {exc}",
+                )
+            self.port = server.port
+            return self._run_guarded()
         finally:
-            server.stop()
+            if server is not None:
+                server.stop()
             self._write_termination_message()
-        return code
 
     def _run_guarded(self) -> int:
         import ray
@@ -249,6 +263,8 @@ class JobRunner:
         if self.error is not None:
             print(f"kiln: {self.error.message}", file=sys.stderr)
             return EXIT_INVALID
+        if self.superseded is not None:
+            return self._failed("Superseded", self.superseded.message)
         if "error" in outcome:
             return self._failed("TrainingFailed", f"training failed: {short_error(outcome['error'])}")
         if self.finished is None:
@@ -354,14 +370,37 @@ def log_epochs(event: Event, status: TrainingJobStatus) -> None:
         log.info("%s", epoch_line(event, status))
 
 
+MAX_JOB_FILE_BYTES = 1 << 20  # a ConfigMap holds at most 1 MiB
+
+
+def read_job_file(path: str, limit: int = MAX_JOB_FILE_BYTES) -> str:
+    """The job file `KILN_JOB_FILE` names (the operator mounts it from the job's ConfigMap)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise ValueError(f"KILN_JOB_FILE: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ValueError(f"KILN_JOB_FILE: {path} is larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"KILN_JOB_FILE: {path} is not UTF-8: {exc}") from None
+
+
 def load_job_from_env(environ: dict[str, str]) -> TrainingJob:
-    raw = environ.get("KILN_JOB")
+    """The job from the file `KILN_JOB_FILE` names, else from `KILN_JOB` (JSON in the variable itself)."""
+    path = environ.get("KILN_JOB_FILE")
+    source = "KILN_JOB_FILE" if path else "KILN_JOB"
+    raw = read_job_file(path) if path else environ.get("KILN_JOB")
     if not raw:
-        raise ValueError("KILN_JOB: not set (the operator passes the TrainingJob as JSON)")
+        raise ValueError("KILN_JOB_FILE, KILN_JOB: neither is set (the operator passes the TrainingJob as a JSON file)")
     try:
         return TrainingJob.model_validate(json.loads(raw))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"KILN_JOB: not valid JSON: {exc}") from exc
+        raise ValueError(f"{source}: not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply") from None
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -379,7 +418,8 @@ def main(environ: Optional[dict[str, str]] = None) -> int:
     try:
         job = load_job_from_env(environ)
     except ValidationError as exc:
-        print(f"kiln: invalid TrainingJob in KILN_JOB: {validation_message(exc)}", file=sys.stderr)
+        source = "KILN_JOB_FILE" if environ.get("KILN_JOB_FILE") else "KILN_JOB"
+        print(f"kiln: invalid TrainingJob in {source}: {validation_message(exc)}", file=sys.stderr)
         return EXIT_INVALID
     except ValueError as exc:
         print(f"kiln: {exc}", file=sys.stderr)

@@ -155,6 +155,14 @@ class SpecInvalid(Event):
     message: str
 
 
+@event_kind("superseded")
+@dataclass(frozen=True)
+class Superseded(Event):
+    """Another driver of this job claimed the checkpoint storage: this run stops writing and ends."""
+
+    message: str
+
+
 @event_kind("status")
 @dataclass(frozen=True)
 class StatusSet(Event):

@@ -81,7 +81,8 @@ class LocalOutputs:
 
     def write_status(self, status: TrainingJobStatus) -> None:
         text = json.dumps(status_document(status), indent=2)
-        write_bytes(self.status_path, text.encode())
+        # Rewritten on every event: atomic, but not worth an fsync each time.
+        write_bytes(self.status_path, text.encode(), durable=False)
 
     def _rewrite_log(self, epoch: int, history: list[dict[str, Any]]) -> None:
         """On (re)start: drop epochs past the checkpoint (they will be trained again) and fill in

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from . import optim
+from .checkpoint_fence import model_fingerprint
 from .checkpoints import CheckpointInfo, serialize_state
 from .data import DataBundle, load_data
 from .evaluation import batches, split_sums
@@ -66,7 +67,8 @@ class ModelTrainer:
         self.scheduler = optim.build_scheduler(self.optimizer, self.hp, steps_per_epoch=self.steps_per_epoch)
         self.scaler = optim.make_grad_scaler(self.hp.mixed_precision, env.device)
         self.loss_fn = optim.loss_function(self.data.task)
-        self.core = RunCore(job, env, paths)
+        fingerprint = model_fingerprint(self.model.state_dict(), self.data.input_shape, self.data.output_dim, self.data.task)
+        self.core = RunCore(job, env, paths, fingerprint=fingerprint)
         self.first_step_time: Optional[float] = None
 
     @property
@@ -180,4 +182,6 @@ class ModelTrainer:
 
     def save_final_model(self, state: dict[str, torch.Tensor]) -> None:
         if self.env.rank == 0 and self.paths.model_path:
+            # model.pt sits beside the checkpoints: a driver another one replaced must not overwrite it.
+            self.core.fence.check_current("writing model.pt")
             write_bytes(self.paths.model_path, serialize_state(state))

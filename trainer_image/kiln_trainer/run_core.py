@@ -5,6 +5,11 @@ one `RunCore`: it owns the checkpoint store and its background writer (rank 0), 
 the run's counters and history (`LoopState`), the best checkpoint so far, resume, and the
 progress events that tell the driver about all of it. What differs between the two is only what
 goes into a checkpoint besides `LoopState` (model, optimizer, ... or nothing) and who counts steps.
+
+Before anything is read or written, the storage's generation fence (checkpoint_fence.py) is
+claimed by rank 0 and inspected by the other ranks: a location of another job, or of this job
+with another fingerprint (the built-in model's tensors and data shape; custom code's entrypoint),
+is refused on every rank alike, and a driver that another one replaced stops writing.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 from kiln_api import TrainingJob
 
+from .checkpoint_fence import JobIdentity, entrypoint_fingerprint
 from .checkpoints import BackgroundWriter, CheckpointInfo, CheckpointStore, is_better, serialize_state
 from .early_stopping import Decision, EarlyStopping, early_stopping_state, monitored_value, outcome_of
 from .events import CheckpointSaved, EpochEnded, Finished, Started
@@ -42,10 +49,25 @@ class LoopState:
 class RunCore:
     """One worker's checkpoints, early stopping, counters and progress events for one run."""
 
-    def __init__(self, job: TrainingJob, env: WorkerEnv, paths: RunPaths) -> None:
+    def __init__(
+        self, job: TrainingJob, env: WorkerEnv, paths: RunPaths, fingerprint: Optional[dict[str, Any]] = None
+    ) -> None:
+        """`fingerprint`: what must match to resume (checkpoint_fence.model_fingerprint); custom code's
+        default is its entrypoint. Raises CheckpointMismatch (a SpecError) or StaleWriter."""
         self.job, self.env, self.paths = job, env, paths
         ck = job.spec.checkpoint
         self.store = CheckpointStore(paths.checkpoint_dir, keep=ck.keep, metric=ck.metric, mode=ck.effective_mode.value)
+        self.fence = self.store.attach_fence(
+            JobIdentity(job.namespace, job.name, job.metadata.uid),
+            fingerprint if fingerprint is not None else entrypoint_fingerprint(job.spec.entrypoint),
+            # One id per driver process: a Ray Train worker-group restart is the same run again.
+            paths.run_id or uuid.uuid4().hex,
+            suggestion=per_job_location(job, paths),
+        )
+        if env.rank == 0:
+            self.fence.claim()
+        else:
+            self.fence.inspect()
         self.stopper = EarlyStopping.from_spec(job.spec.early_stopping) if job.spec.early_stopping else None
         self.writer = BackgroundWriter(self.store, self._on_saved) if env.rank == 0 else None
         self.state = LoopState()
@@ -63,16 +85,20 @@ class RunCore:
     def resume(self, map_location: str | torch.device = "cpu") -> Optional[dict[str, Any]]:
         """Load the newest valid checkpoint (when the spec allows): restores the loop state and
         early stopping here, and returns the whole saved state for the caller's own parts."""
-        if not self.job.spec.checkpoint.resume:
-            return None
-        info = self.store.latest_valid()
+        info = self.store.latest_valid() if self.job.spec.checkpoint.resume else None
+        # A fresh start begins a lineage of its own: an earlier run's checkpoints (same job, same
+        # fingerprint, not resumed) are then only old, never "best" (restoreBestWeights, retention).
+        self.store.lineage = info.lineage if info is not None else (self.fence.generation or 0)
         if info is None:
             return None
+        # The location's record was checked at the claim; the checkpoint itself must agree too.
+        self.fence.check_belongs(info.stamp, info.location)
         saved = self.store.load_state(info, map_location=map_location)
         self.state = LoopState(**saved["loop"])
         if self.stopper is not None and saved.get("early_stopping"):
             self.stopper.load_state_dict(saved["early_stopping"])
         if self.writer is not None:
+            # Kept until a newer verified checkpoint exists (select_for_deletion), not forever.
             self.writer.protected = frozenset({info.name})
         self.resumed = info
         return saved
@@ -162,3 +188,9 @@ class RunCore:
         self.env.emit_final(Finished(outcome=outcome, epoch=self.state.epoch, metrics=metrics, early_stopping=es,
                                      message=reason, model_path=model_path))
         return outcome
+
+
+def per_job_location(job: TrainingJob, paths: RunPaths) -> str:
+    """A location of this job's own under the one it was given, to suggest when refusing a shared one."""
+    base = (job.spec.checkpoint.storage or paths.checkpoint_dir).rstrip("/")
+    return f"{base}/{job.namespace}/{job.name}"

@@ -114,6 +114,7 @@ def save_model(state_dict: dict[str, Any]) -> Optional[str]:
     path = session.paths.model_path
     if session.env.rank != 0 or not path:
         return None
+    session.core.fence.check_current("writing model.pt")
     write_bytes(path, serialize_state(state_dict))
     return path
 

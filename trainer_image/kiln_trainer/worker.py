@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -10,6 +11,7 @@ from typing import Any, Optional
 
 import torch
 
+from .checkpoint_io import fsync_dir
 from .events import Event
 from .storage import is_remote
 
@@ -25,6 +27,9 @@ class RunPaths:
     checkpoint_dir: str
     pvc_root: str
     model_path: Optional[str] = None
+    # The driver run this worker belongs to (one per driver process, from driver.build_trainer): the
+    # claimant of the checkpoint location's generation fence. None: a fresh one per RunCore.
+    run_id: Optional[str] = None
 
 
 @dataclass
@@ -86,8 +91,24 @@ def ray_worker_env(channel: Any) -> WorkerEnv:
     return WorkerEnv(rank=context.get_world_rank(), world_size=context.get_world_size(), device=device, channel=channel)
 
 
-def write_bytes(location: str, data: bytes) -> None:
-    """Write a file atomically (temp file + rename) locally, or through fsspec for URLs."""
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (other threads write files too)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(location: str, data: bytes, *, durable: bool = True) -> None:
+    """Write a file atomically (temp file, rename) and, when `durable`, durably (fsync of the file
+    and of its directory) locally, or through fsspec for URLs. The file gets the permissions the
+    umask gives a new file, as `open()` would, not the temp file's private 0600."""
     if is_remote(location):
         import fsspec
 
@@ -97,9 +118,20 @@ def write_bytes(location: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(location))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, location)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())  # the bytes before the name: a crash never leaves an empty model.pt
+        os.replace(tmp, location)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(directory)
 
 
 def gpu_stats(rank: int) -> dict[str, Any]:

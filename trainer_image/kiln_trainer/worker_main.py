@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from kiln_api import TrainingJob
 
+from .checkpoint_fence import StaleWriter
 from .data.errors import SpecError
-from .events import SpecInvalid
+from .events import SpecInvalid, Superseded
 from .worker import RunPaths, ray_worker_env
 
 log = logging.getLogger("kiln_trainer.training")
@@ -27,7 +28,8 @@ def train_worker(config: dict[str, Any]) -> None:
     env = ray_worker_env(config.get("channel"))
     log.info("worker %d: torch threads %d (OMP_NUM_THREADS=%s)", env.rank, torch.get_num_threads(),
              os.environ.get("OMP_NUM_THREADS"))
-    paths = RunPaths(checkpoint_dir=config["checkpoint_dir"], pvc_root=config["pvc_root"], model_path=config.get("model_path"))
+    paths = RunPaths(checkpoint_dir=config["checkpoint_dir"], pvc_root=config["pvc_root"], model_path=config.get("model_path"),
+                     run_id=config.get("run_id"))
     try:
         if job.spec.entrypoint:
             from .sdk import run_entrypoint
@@ -37,6 +39,10 @@ def train_worker(config: dict[str, Any]) -> None:
             from .builtin_run import run_training
 
             run_training(job, env, paths)
+    except StaleWriter as exc:
+        # Retrying cannot help: the storage belongs to the newer driver now. Returning ends the run.
+        env.emit(Superseded(message=str(exc)))
+        log.error("%s", exc)
     except SpecError as exc:
         # Every rank hits the same setting error; returning (not raising) keeps Ray Train from
         # retrying a job that cannot work, and the driver turns the event into exit code 2.

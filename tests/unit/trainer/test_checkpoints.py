@@ -33,8 +33,9 @@ def info(epoch: int, value: float | None) -> CheckpointInfo:
         ([0.9, 0.5, 0.4, 0.3], 2, "min", (), [1, 0]),
         # max mode keeps the largest value
         ([0.9, 0.5, 0.4, 0.3], 1, "max", (), [2, 1]),
-        # a protected (resumed-from) checkpoint is never deleted
-        ([0.9, 0.5, 0.4, 0.3, 0.2], 1, "min", (1,), [3, 2, 0]),
+        # a protected (resumed-from) checkpoint is kept only until a newer verified one exists
+        ([0.9, 0.5, 0.4, 0.3, 0.2], 1, "min", (1,), [3, 2, 1, 0]),
+        ([0.9, 0.5], 1, "min", (1,), [0]),
         # checkpoints without the metric are ranked by recency only
         ([None, None, None], 1, "min", (), [1, 0]),
         # ties: the earliest best wins
@@ -114,9 +115,10 @@ def test_prune_applies_retention_on_disk(tmp_path):
     store = CheckpointStore(str(tmp_path), keep=2, metric="val_loss", mode="min")
     for epoch, loss in enumerate([0.9, 0.1, 0.5, 0.6, 0.7]):
         store.save(epoch, state(epoch), metrics={"val_loss": loss})
+    # Epoch 0 was resumed from, but newer verified checkpoints exist: its protection has lapsed.
     deleted = store.prune(protected=frozenset({checkpoint_name(0)}))
-    assert deleted == [checkpoint_name(2)]
-    assert [i.epoch for i in store.list()] == [0, 1, 3, 4]
+    assert deleted == [checkpoint_name(2), checkpoint_name(0)]
+    assert [i.epoch for i in store.list()] == [1, 3, 4]
     assert store.best().epoch == 1
 
 

@@ -23,6 +23,7 @@ SAMPLES = [
     events.GpuSampled(gpu={"0": {"utilization": 0.5, "memory_bytes": 1024}}),
     events.Finished(outcome="completed", epoch=5, metrics={"test_accuracy": 0.9}, model_path="/m.pt"),
     events.SpecInvalid(field="spec.data.target", message="no such column"),
+    events.Superseded(message="generation 2 now owns the storage"),
     events.StatusSet(),
 ]
 
