@@ -425,6 +425,29 @@ class MetricsSpec(ApiModel):
     )
 
 
+IPV4_CIDR = r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])"
+IPV6_CIDR = r"[0-9a-fA-F.]{0,40}:[0-9a-fA-F:.]{0,44}/(12[0-8]|1[01][0-9]|[1-9]?[0-9])"  # has a colon
+CIDR_PATTERN = f"^({IPV4_CIDR}|{IPV6_CIDR})$"
+
+
+class EgressRule(ApiModel):
+    """Destinations outside the job that its pods may reach."""
+
+    cidr: str = Field(..., max_length=49, pattern=CIDR_PATTERN, description="Destination addresses, e.g. `10.0.0.0/8` or `0.0.0.0/0` for anywhere.")
+    ports: Annotated[list[Annotated[int, Field(ge=1, le=65535)]], Field(max_length=16)] = Field(
+        default_factory=list, description="TCP ports allowed to that destination; empty allows every port."
+    )
+
+
+class NetworkSpec(ApiModel):
+    """What the job's pods may reach beyond each other, DNS and (for s3:// locations) HTTPS."""
+
+    egress: Annotated[list[EgressRule], Field(max_length=16)] = Field(
+        default_factory=list,
+        description="Extra egress allowed by the job's NetworkPolicy, for custom code that downloads data or reports to a service.",
+    )
+
+
 class PullPolicy(str, Enum):
     always = "Always"
     if_not_present = "IfNotPresent"
@@ -453,6 +476,11 @@ class TrainingJobSpec(ApiModel):
     early_stopping: Optional[EarlyStoppingSpec] = Field(None, description="Early stopping; absent means train for all epochs.")
     failure_policy: FailurePolicySpec = Field(default_factory=FailurePolicySpec, description="Fault tolerance.")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Driver metrics/status endpoint.")
+    network: Optional[NetworkSpec] = Field(
+        None,
+        description="Network access beyond the job's own pods. By default its NetworkPolicy allows egress only to "
+        "the job's pods, the cluster DNS and, when a location is on S3, port 443.",
+    )
 
     cross_field_rules = (
         CrossFieldRule(

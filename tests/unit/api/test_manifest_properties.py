@@ -287,6 +287,7 @@ SEEDS: dict[tuple[Any, ...], str] = {
     ("spec", "checkpoint", "storage"): "pvc://checkpoints/runs/prop",
     ("spec", "checkpoint", "metric"): "val_loss",
     ("spec", "earlyStopping", "metric"): "val_loss",
+    ("spec", "network", "egress", 0, "cidr"): "10.20.0.0/16",
     ("metadata", "labels", "<key>"): "example.com/team",
     ("metadata", "labels", "team"): "vision",
     ("metadata", "annotations", "<key>"): "example.com/note",
