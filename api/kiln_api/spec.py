@@ -135,9 +135,9 @@ class Toleration(ApiModel):
 class WorkersSpec(ApiModel):
     """The Ray worker pods that run the data-parallel training workers (one per pod)."""
 
-    replicas: int = Field(2, ge=1, le=1024, description="Number of training workers (one Ray worker pod each). `kiln run --workers` overrides it locally.")
-    gpus_per_worker: int = Field(0, ge=0, le=16, description="GPUs per worker pod (`nvidia.com/gpu` limit). 0 trains on CPU with gloo; >0 uses CUDA and NCCL.")
-    cpus_per_worker: float = Field(1.0, gt=0, le=512, description="CPU cores requested per worker pod.")
+    replicas: int = Field(2, ge=1, le=1024, description="Number of worker pods (Ray worker nodes). Each runs one training worker, or one per GPU when gpusPerWorker > 0. `kiln run --workers` overrides it locally.")
+    gpus_per_worker: int = Field(0, ge=0, le=16, description="GPUs per worker pod (`nvidia.com/gpu` limit). 0 trains on CPU with gloo; N > 0 runs N training workers of one GPU each in the pod (world size replicas x N), with NCCL.")
+    cpus_per_worker: float = Field(1.0, gt=0, le=512, description="CPU cores requested per worker pod, shared by its training workers.")
     memory_per_worker: str = Field("2Gi", max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN, description="Memory requested (and limited) per worker pod, as a Kubernetes quantity such as `4Gi`.")
     node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
@@ -257,6 +257,12 @@ class AugmentationSpec(ApiModel):
     gaussian_noise: float = Field(0.0, ge=0.0, le=10.0, description="Images and tables: add noise with this standard deviation (after normalisation).")
 
 
+class DataPlacement(str, Enum):
+    auto = "auto"
+    device = "device"
+    host = "host"
+
+
 class SyntheticSpec(ApiModel):
     """Size of a `synthetic:*` data set (generated deterministically from `split.seed`)."""
 
@@ -278,6 +284,20 @@ class DataSpec(ApiModel):
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec, description="Random augmentation of the training split.")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="Size of a synthetic data set; ignored for other sources.")
     image_size: int = Field(32, ge=8, le=1024, description="Images are resized to image_size x image_size (imagefolder).")
+    placement: DataPlacement = Field(
+        DataPlacement.auto,
+        description="Where each worker keeps the training (and validation) split while it trains. device: on the "
+        "model's device (GPU memory; on CPU, where the data already is): batches are shuffled and cut there, nothing "
+        "is copied per step. host: in host memory; on a GPU each batch is copied on a side stream while the previous "
+        "one computes. auto: device when both splits take at most deviceMemoryFraction of the device's free memory "
+        "(always on CPU), host otherwise. The choice is reported in the data summary and in status.progress.dataPlacement.",
+    )
+    device_memory_fraction: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="placement auto: the largest share of the device's free memory (measured after the model is "
+        "placed) that the training and validation splits may take to be kept on the device; the rest is left for "
+        "activations, gradients and optimizer state.",
+    )
 
 
 # --------------------------------------------------------------------------- hyperparameters
@@ -329,6 +349,11 @@ class HyperparametersSpec(ApiModel):
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Accumulate gradients over this many batches per optimizer step.")
     mixed_precision: MixedPrecision = Field(MixedPrecision.none, description="Autocast dtype: bf16 (CPU and GPU) or fp16 (GPU only, with a gradient scaler).")
     seed: int = Field(42, ge=0, le=INT_EXACT_MAX, description="Seed for model initialisation, shuffling and augmentation.")
+    compile: bool = Field(
+        False,
+        description="Wrap the model in torch.compile (the first steps take longer while it compiles). Where "
+        "compilation cannot work (no C++ compiler, an unsupported Python), training goes on uncompiled with a warning.",
+    )
 
     cross_field_rules = (
         CrossFieldRule(
@@ -490,10 +515,10 @@ class TrainingJobSpec(ApiModel):
             check=lambda s: s.entrypoint is None or s.model is None,
         ),
         CrossFieldRule(
-            cel="self.hyperparameters.batchSize >= self.workers.replicas",
-            message="must be at least workers.replicas (the global batch is split across workers)",
+            cel="self.hyperparameters.batchSize >= self.workers.replicas * (self.workers.gpusPerWorker > 0 ? self.workers.gpusPerWorker : 1)",
+            message="must be at least the number of training workers, workers.replicas x max(gpusPerWorker, 1) (the global batch is split across them)",
             field_path=".hyperparameters.batchSize",
-            check=lambda s: s.hyperparameters.batch_size >= s.workers.replicas,
+            check=lambda s: s.hyperparameters.batch_size >= s.workers.replicas * max(s.workers.gpus_per_worker, 1),
         ),
         CrossFieldRule(
             cel=f"has(self.entrypoint) || !has(self.earlyStopping) || self.earlyStopping.metric in {BUILTIN_METRICS_CEL}",

@@ -57,11 +57,17 @@ class Condition(ApiModel):
 
 
 class WorkersStatus(ApiModel):
-    """Worker pods wanted and ready."""
+    """Worker pods wanted and ready, and the training workers they run."""
 
-    desired: int = Field(0, ge=0, description="Worker pods the spec asks for.")
+    desired: int = Field(0, ge=0, description="Worker pods the spec asks for (workers.replicas).")
     ready: int = Field(0, ge=0, description="Worker pods running and ready.")
-    summary: str = Field("0/0", description="ready/desired, for `kubectl get`.")
+    training_workers: int = Field(0, ge=0, description="Ray Train workers (the DDP world size) the worker pods run together: one per GPU (replicas x gpusPerWorker), or one per pod on CPU.")
+    summary: str = Field("0/0", description="ready/desired worker pods, for `kubectl get`; `2/2 pods, 8 workers` when a pod runs more than one training worker.")
+
+
+class DataPlacementStatus(str, Enum):
+    device = "device"
+    host = "host"
 
 
 class ProgressStatus(ApiModel):
@@ -73,6 +79,10 @@ class ProgressStatus(ApiModel):
     samples_per_second: Optional[float] = Field(None, ge=0, description="Training throughput over the last epoch, all workers together.")
     eta_seconds: Optional[float] = Field(None, ge=0, description="Estimated time to the last epoch at the current pace.")
     summary: str = Field("0/0", description="epoch/totalEpochs, for `kubectl get`.")
+    data_placement: Optional[DataPlacementStatus] = Field(
+        None, description="Where the workers keep the training split (spec.data.placement resolved): device or host."
+    )
+    train_rows: Optional[int] = Field(None, ge=0, description="Rows in the training split (all workers together).")
 
 
 class BestStatus(ApiModel):
@@ -114,7 +124,7 @@ class TrainingJobStatus(ApiModel):
     message: Optional[str] = Field(None, description="Human-readable explanation of the current phase.")
     conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-standard conditions.")
     observed_generation: Optional[int] = Field(None, ge=0, description="metadata.generation the status reflects.")
-    workers: WorkersStatus = Field(default_factory=WorkersStatus, description="Worker pods ready/desired.")
+    workers: WorkersStatus = Field(default_factory=WorkersStatus, description="Worker pods ready/desired and the training workers they run.")
     progress: ProgressStatus = Field(default_factory=ProgressStatus, description="Epoch, step and throughput.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Latest metrics (train_loss, val_loss, val_accuracy, and test_* once evaluated).")
     best: Optional[BestStatus] = Field(None, description="Best checkpoint so far.")

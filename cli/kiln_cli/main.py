@@ -35,7 +35,7 @@ def _cmd_crd(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from kiln_trainer.local import run_local_cli
 
-    return run_local_cli(args.file, output=args.output, workers=args.workers)
+    return run_local_cli(args.file, output=args.output, workers=args.workers, use_ray=args.ray)
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -57,10 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiln", description="Distributed PyTorch training on Ray, on Kubernetes or locally.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train a TrainingJob manifest on a local Ray cluster")
+    run = sub.add_parser("run", help="train a TrainingJob manifest on this machine (its CPUs and GPUs)")
     run.add_argument("file", help="TrainingJob manifest (YAML)")
     run.add_argument("--output", default="kiln-runs", help="directory for results (default: kiln-runs)")
-    run.add_argument("--workers", type=int, default=None, help="override spec.workers.replicas")
+    run.add_argument("--workers", type=int, default=None,
+                     help="override spec.workers.replicas (default: the manifest's, or as many as this machine holds)")
+    run.add_argument("--ray", action="store_true",
+                     help="train through a local Ray cluster even with one training worker (which otherwise trains in this process)")
     run.set_defaults(func=_cmd_run)
 
     validate = sub.add_parser("validate", help="validate manifests as the API server and the operator would")

@@ -2,7 +2,9 @@
 
 Every step is idempotent so that a retried or repeated reconcile is harmless: 409 on create
 and 404 on delete mean the work is already done; status is written (through the status
-subresource) only when it differs from what is stored.
+subresource) only when it differs from what is stored. A 422 on create (the API server finds
+the object invalid, e.g. a ConfigMap over 1 MiB) raises `ObjectRejected`: the shell then fails
+the job with the API's message instead of retrying the same refused request forever.
 """
 
 from __future__ import annotations
@@ -70,11 +72,25 @@ def event_object(job: dict[str, Any], event_type: str, reason: str, message: str
     }
 
 
+MAX_REFUSAL_MESSAGE = 1000
+
+
+class ObjectRejected(ApiError):
+    """The API server refused to create a child object as invalid (422): retrying cannot help."""
+
+    def __init__(self, obj: dict[str, Any], error: ApiError) -> None:
+        name = (obj.get("metadata") or {}).get("name")
+        text = f"the API server refused to create {obj.get('kind')} {name}: {error.message or error.reason}"
+        super().__init__(error.status, error.reason, text[:MAX_REFUSAL_MESSAGE])
+
+
 def _create_unless_exists(kube: KubeClient, obj: dict[str, Any]) -> int:
     try:
         kube.create(obj)
         return 1
     except ApiError as exc:
+        if exc.status == 422:
+            raise ObjectRejected(obj, exc) from None
         # Only AlreadyExists means done; any other 409 (a conflict) is retried like an error.
         if exc.status != 409 or exc.reason != "AlreadyExists":
             raise

@@ -18,6 +18,7 @@ Retrying change handlers forever would double the timer's work and churn kopf's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -28,7 +29,7 @@ from typing import Any
 import kopf
 from kiln_api import API_GROUP, API_VERSION, KIND, PLURAL
 
-from .apply import apply_decision
+from .apply import ObjectRejected, apply_decision
 from .kube import ApiError, KubeClient
 from .metrics import OperatorMetrics
 from .objects.labels import MANAGED_BY_LABEL, MANAGER
@@ -134,10 +135,20 @@ def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decisi
         raise
     if job["metadata"].get("deletionTimestamp"):
         return None  # going away: recreating children now would only feed the garbage collector
-    observation, token = observe(runtime.kube, job)
-    # Only a missing Secret gets a new token: a running cluster keeps the one it has.
-    decision = decide(job, observation, runtime.settings, token or secrets.token_urlsafe(32))
-    apply_decision(runtime.kube, job, decision, observation.now)
+    observation = observe(runtime.kube, job)
+    # The token is used only if the Secret is missing: it is immutable, and a create that finds
+    # it answers 409, so a running cluster keeps the token it has (and it is never read back).
+    token = secrets.token_urlsafe(32)
+    decision = decide(job, observation, runtime.settings, token)
+    try:
+        apply_decision(runtime.kube, job, decision, observation.now)
+    except ObjectRejected as exc:
+        # The API server finds an object the job needs invalid: the same request would be refused
+        # forever. Decide again knowing it, which fails the job with the API's message.
+        log.warning("%s/%s: %s", namespace, name, exc.message)
+        observation = dataclasses.replace(observation, refused=exc.message)
+        decision = decide(job, observation, runtime.settings, token)
+        apply_decision(runtime.kube, job, decision, observation.now)
     # Only after the decision is applied: a failed reconcile must not hide the pods' events.
     runtime.gate_for(namespace, name).remember(observation.pods)
     runtime.metrics.record_status(namespace, name, job.get("status") or {}, decision.status)

@@ -11,8 +11,8 @@ from kiln_api import Phase, TrainingJob
 from kiln_api.timefmt import format_time, parse_time
 
 from . import pod_state
-from .objects.labels import HEAD, WORKER, head_pod_name
-from .objects.table import CHILDREN, Child, Inputs, Scope
+from .objects.labels import HEAD, WORKER, head_pod_name, spec_hash
+from .objects.table import CHILDREN, Child, Inputs, Scope, creation_wave
 from .plan import Context, Plan
 from .trainer_report import parse_report, report_phase, report_text, training_fields
 
@@ -212,17 +212,63 @@ def startup_timeout(ctx: Context) -> tuple[Plan | None, float | None]:
     return None, next_deadline
 
 
-def ensure_objects(ctx: Context, plan: Plan) -> None:
-    """Create what is missing, in the table's order; replace ended workers, drop surplus ones."""
+def _source(ctx: Context, row: Child) -> TrainingJob:
+    """Pods (and what only they read) run the accepted spec; the other objects follow the current one."""
+    return (ctx.pods_job or ctx.job) if row.from_pods_spec else ctx.job
+
+
+def _stale(ctx: Context) -> list[tuple[Child, tuple[str, str]]]:
+    """Existing objects built from another spec than the pods' that a pod about to be created would read.
+
+    Only per-job pods are considered: a replaced worker never reads them, and while the head
+    runs, the spec the pods run cannot change (spec_change.py).
+    """
+    stale = []
     for row in CHILDREN:
-        # Pods run the accepted spec; the other objects follow the current one.
-        source = (ctx.pods_job or ctx.job) if row.from_pods_spec else ctx.job
-        if not row.wanted(source, ctx.settings):
+        source = _source(ctx, row)
+        key = (row.kind, row.name(source, 0))
+        if not (row.replaced_when_stale and ctx.obs.has(*key)):
             continue
-        if row.scope is Scope.WORKER:
+        recorded = ctx.obs.spec_hashes.get(key)
+        readers_missing = any(
+            later.wave > row.wave and later.scope is Scope.JOB and not ctx.obs.has(later.kind, later.name(source, 0))
+            for later in CHILDREN
+        )
+        if recorded is not None and recorded != spec_hash(source) and readers_missing:
+            stale.append((row, key))
+    return stale
+
+
+def ensure_objects(ctx: Context, plan: Plan) -> None:
+    """Create what is missing, in the table's order; replace ended workers, drop surplus ones.
+
+    Rows never read back (the Secret) are created whenever a pod is: 409 means they exist.
+    An object left from an older accepted spec is deleted first; the pods wait for the next pass.
+    """
+    stale = _stale(ctx)
+    hold_after = min((row.wave for row, _ in stale), default=None)
+    for _row, key in stale:
+        plan.delete.append(key)
+    if stale:
+        plan.requeue(RETRY_SECONDS)
+    unread = []
+    for row in CHILDREN:
+        source = _source(ctx, row)
+        if not row.wanted(source, ctx.settings) or (hold_after is not None and row.wave > hold_after):
+            continue
+        if not row.read_back:
+            unread.append((row, source))
+        elif row.scope is Scope.WORKER:
             _ensure_workers(ctx, plan, row, source)
         elif not ctx.obs.has(row.kind, row.name(source, 0)):
             plan.create.append(row.build(Inputs(source, ctx.settings, ctx.token), 0))
+    for row, source in unread:
+        if any(creation_wave(str(obj["kind"])) > row.wave for obj in plan.create):
+            plan.create.extend(row.objects(Inputs(source, ctx.settings, ctx.token)))
+    order = {}
+    for index, row in enumerate(CHILDREN):
+        order.setdefault(row.kind, index)
+    plan.create.sort(key=lambda obj: order.get(str(obj["kind"]), len(CHILDREN)))
 
 
 def _ensure_workers(ctx: Context, plan: Plan, row: Child, pods_job: TrainingJob) -> None:

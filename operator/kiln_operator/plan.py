@@ -12,7 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from kiln_api import Phase, TrainingJob, TrainingJobStatus
+from kiln_api.status import WorkersStatus
 from kiln_api.timefmt import format_time
+from kiln_api.topology import training_topology, workers_status
 from pydantic import ValidationError
 
 from . import pod_state
@@ -100,10 +102,12 @@ class Plan:
 
 
 def _workers(ctx: Context) -> dict:
+    """Worker pods wanted and ready, and the training workers they run (one per GPU)."""
     job = ctx.pods_job or ctx.job
-    desired = job.spec.workers.replicas if job else 0
     ready = sum(1 for pod in ctx.pods_of(WORKER).values() if pod_state.is_ready(pod))
-    return {"desired": desired, "ready": ready, "summary": f"{ready}/{desired}"}
+    if job is None:
+        return WorkersStatus(ready=ready, summary=f"{ready}/0").model_dump(by_alias=True, mode="json")
+    return workers_status(training_topology(job.spec.workers), ready).model_dump(by_alias=True, mode="json")
 
 
 def _wanted_conditions(ctx: Context, plan: Plan, status: dict) -> list[Want]:
@@ -123,7 +127,7 @@ def _wanted_conditions(ctx: Context, plan: Plan, status: dict) -> list[Want]:
 
     return [
         Want("Ready", ready, "AllPodsReady" if ready else ("PodsNotReady" if phase == Phase.running else reason),
-             f"{workers['ready']}/{workers['desired']} workers ready"),
+             f"{workers['ready']}/{workers['desired']} worker pods ready"),
         phase_is("Running", phase),
         phase_is("Succeeded", "NotSucceeded"),
         phase_is("Failed", "NotFailed"),

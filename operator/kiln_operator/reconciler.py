@@ -5,8 +5,8 @@ token is passed in). The kopf shell observes, calls `decide` and applies the Dec
 creates (in order, 409 ignored), deletes (404 ignored), status (written only when it
 differs), events, requeue. Deciding again on the applied result converges.
 
-Priorities, first match wins: finished jobs stay finished; an invalid spec fails the
-job; a head that exited 0 succeeds it; suspend; restart backoff; a failed or lost head;
+Priorities, first match wins: finished jobs stay finished; an invalid spec (or one whose
+objects the API server refused as invalid) fails the job; a head that exited 0 succeeds it; suspend; restart backoff; a failed or lost head;
 the startup timeout; otherwise ensure objects and report progress.
 """
 
@@ -90,4 +90,7 @@ def decide(job_manifest: dict, observation: Observation, settings: OperatorSetti
         return to_decision(ctx, fail(ctx, problem[0], problem[1], permanent=True))
     pods_job, rejection = pods_spec(job, prev, observation.pods, base.prev_phase)
     ctx = replace(ctx, pods_job=pods_job, rejection=rejection)
+    if observation.refused is not None:
+        # The API server refused an object built from this spec as invalid: it always will.
+        return to_decision(ctx, fail(ctx, "ObjectRejected", observation.refused, permanent=True))
     return to_decision(ctx, _running_plan(ctx))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -15,6 +15,10 @@ class Observation:
     trainer_status: dict | None  # parsed JSON from the head's /status; None if not fetched or failed
     trainer_status_error: str | None
     now: datetime
+    # (kind, name) -> the `kiln.dev/spec-hash` annotation of child objects read by name that carry one.
+    spec_hashes: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # The API server refused to create a child object as invalid (422): its message, for `decide`.
+    refused: str | None = None
 
     def has(self, kind: str, name: str) -> bool:
         return (kind, name) in self.existing

@@ -22,6 +22,7 @@ from typing import IO
 import yaml
 from kiln_api import TrainingJob
 from kiln_api.loading import ManifestError, load_jobs
+from kiln_api.topology import TrainingTopology, training_topology
 
 from .objects import PLACEHOLDER_UID, build_all, cluster_problem
 from .settings import OperatorSettings, SettingsError
@@ -36,6 +37,16 @@ class RenderError(Exception):
 def _with_placeholder_uid(job: TrainingJob) -> TrainingJob:
     metadata = job.metadata.model_copy(update={"uid": PLACEHOLDER_UID, "namespace": job.namespace})
     return job.model_copy(update={"metadata": metadata})
+
+
+def topology_note(topology: TrainingTopology) -> str:
+    """What the worker pods run: `2 worker pods x 4 GPUs run 8 training workers (one per GPU, 2 CPU each, NCCL)`."""
+    pods = f"{topology.pods} worker pod{'s' if topology.pods != 1 else ''}"
+    return (
+        f"{pods} x {topology.workers_per_pod} GPU{'s' if topology.workers_per_pod != 1 else ''} run "
+        f"{topology.num_workers} training worker{'s' if topology.num_workers != 1 else ''} "
+        f"(one per GPU, {topology.cpus_per_worker:g} CPU each, NCCL)"
+    )
 
 
 def render_objects(jobs: list[TrainingJob], settings: OperatorSettings, token: str, where: str) -> tuple[list[dict], list[str]]:
@@ -53,6 +64,8 @@ def render_objects(jobs: list[TrainingJob], settings: OperatorSettings, token: s
         if problem is not None:
             raise RenderError(f"{label}: {problem[1]}")
         objects.extend(build_all(job, job_settings, token))
+        if job.spec.workers.gpus_per_worker:
+            notes.append(f"{label}: {topology_note(training_topology(job.spec.workers))}")
     return objects, notes
 
 

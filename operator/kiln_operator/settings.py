@@ -6,6 +6,7 @@ top (`dataclasses.replace`). Bad values raise `SettingsError` naming the variabl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -27,6 +28,8 @@ class OperatorSettings:
     health_port: int = 8081
     operator_namespace: str = "kiln-system"
     prometheus_namespace: str = "monitoring"  # NetworkPolicy: who may scrape the driver
+    dns_namespace: str = "kube-system"  # NetworkPolicy: the only DNS servers the job's pods may reach ...
+    dns_pod_labels: tuple[tuple[str, str], ...] = (("k8s-app", "kube-dns"),)  # ... the pods with these labels there
     default_checkpoint_storage: str | None = None  # jobs without spec.checkpoint.storage use it, or are refused
     status_unreachable_seconds: float = 120.0  # head's /status unreachable this long while Running => head lost
     restart_backoff_seconds: float = 10.0  # doubled per restart, capped
@@ -55,10 +58,36 @@ class OperatorSettings:
 
 ENV_PREFIX = "KILN_"
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
 
 
 def _namespaces(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _labels(raw: str) -> tuple[tuple[str, str], ...]:
+    """`k=v,k2=v2` -> sorted ((k, v), (k2, v2)); at least one label, keys and values as Kubernetes allows."""
+    pairs: dict[str, str] = {}
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+            raise ValueError(f"{part!r} is not a label key=value")
+        pairs[key] = value
+    if not pairs:
+        raise ValueError("must name at least one label key=value")
+    return tuple(sorted(pairs.items()))
+
+
+def _namespace(raw: str) -> str:
+    if not _DNS_LABEL.fullmatch(raw):
+        raise ValueError("must be a namespace name (lowercase letters, digits and '-', at most 63)")
+    return raw
 
 
 def _positive_float(raw: str) -> float:
@@ -97,6 +126,8 @@ def _storage(raw: str) -> str:
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "namespaces": _namespaces,
+    "dns_namespace": _namespace,
+    "dns_pod_labels": _labels,
     "image_pull_policy": _pull_policy,
     "timer_interval_seconds": _positive_float,
     "metrics_port": _port,

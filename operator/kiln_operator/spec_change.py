@@ -2,8 +2,9 @@
 
 The accepted spec lives in the job's status (`acceptedSpec`, `acceptedSpecHash`), which
 outlives every pod, so a cluster rebuilt after a head loss runs it too, never a change
-refused while the job ran. Pods also carry it (annotation `kiln.dev/spec-hash`, env
-`KILN_JOB`); a head built by an operator that did not record it in status is read instead.
+refused while the job ran. Pods also carry its hash (annotation `kiln.dev/spec-hash`), and the
+head's job file holds it (ConfigMap `<job>-job`); a head built by an older operator that did not
+record it in status carries it in its env `KILN_JOB`, which is read instead.
 Changes are accepted only while the job has no pods and has not started (or is suspended).
 """
 

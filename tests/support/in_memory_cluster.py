@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from kiln_api.validation import validate_object
+from kiln_operator.objects.labels import SPEC_HASH_ANNOTATION
 from kiln_operator.reconciler import Decision, Observation, decide
 from kiln_operator.settings import OperatorSettings
 
@@ -59,6 +60,9 @@ class Cluster:
             trainer_status=copy.deepcopy(self.trainer_status),
             trainer_status_error=self.trainer_status_error,
             now=self.now,
+            # What observe.spec_hashes reads: the spec hash non-pod objects were built from.
+            spec_hashes={key: obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION] for key, obj in self.objects.items()
+                         if key[0] != "Pod" and SPEC_HASH_ANNOTATION in (obj["metadata"].get("annotations") or {})},
         )
 
     def decide(self) -> Decision:

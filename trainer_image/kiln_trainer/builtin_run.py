@@ -41,7 +41,8 @@ def run_training(job: TrainingJob, env: WorkerEnv, paths: RunPaths) -> dict[str,
     trainer = ModelTrainer(job, env, paths)
     core = trainer.core
     trainer.resume()
-    message = core.emit_started(trainer.data.summary.describe())
+    message = core.emit_started(trainer.data.summary.describe(), data_placement=trainer.feed.placement,
+                                train_rows=len(trainer.data.train))
     if env.rank == 0:
         log.info("%s", message)
     first_epoch = core.total_epochs if core.already_finished() else core.state.epoch

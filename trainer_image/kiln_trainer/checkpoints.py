@@ -77,7 +77,7 @@ class UnsafeCheckpoint(SpecError):
 
 
 def serialize_state(state: dict[str, Any]) -> bytes:
-    """torch.save into memory: the only part of a checkpoint that must stop training."""
+    """torch.save into memory (the background writer does it, from a snapshot.Snapshot)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
@@ -324,10 +324,12 @@ def _digest(info: CheckpointInfo) -> str:
 
 
 class BackgroundWriter:
-    """Writes checkpoints on one background thread so the training loop only pays for serialising.
+    """Serialises and writes checkpoints on one background thread, so the training loop only pays
+    for copying its state (snapshot.Snapshotter).
 
     At most one write is in flight: `submit` first waits for the previous one, which bounds
-    memory to one serialised state and keeps checkpoints in epoch order.
+    memory to one state and keeps checkpoints in epoch order. `state` is a Snapshot (serialised
+    here, in the background), already serialised bytes, or None (user files only).
     """
 
     def __init__(self, store: CheckpointStore, on_saved: Callable[[CheckpointInfo, float], None]) -> None:
@@ -338,7 +340,7 @@ class BackgroundWriter:
         self.protected: frozenset[str] = frozenset()
 
     def submit(
-        self, epoch: int, state: Optional[bytes], *, step: int, metrics: dict[str, float], user_dir: Optional[str] = None
+        self, epoch: int, state: Any, *, step: int, metrics: dict[str, float], user_dir: Optional[str] = None
     ) -> None:
         self.wait()
         # User files are read now: the caller may delete its directory as soon as report() returns.
@@ -346,9 +348,12 @@ class BackgroundWriter:
         self._pending = self._pool.submit(self._write, epoch, state, step, metrics, user_files)
 
     def _write(
-        self, epoch: int, state: Optional[bytes], step: int, metrics: dict[str, float], user_files: Optional[dict[str, bytes]]
+        self, epoch: int, state: Any, step: int, metrics: dict[str, float], user_files: Optional[dict[str, bytes]]
     ) -> CheckpointInfo:
         started = time.perf_counter()
+        if state is not None and not isinstance(state, bytes):
+            with state.materialized() as plain:
+                state = serialize_state(plain)
         info = self.store.save(epoch, state, step=step, metrics=metrics, user_files=user_files)
         self.store.prune(self.protected)
         self.on_saved(info, time.perf_counter() - started)

@@ -2,8 +2,14 @@
 
 It validates the job, serves /metrics, /status and /healthz, connects to (or starts) Ray,
 checks that the cluster can hold the workers at all, starts a Ray Train `TorchTrainer`
-whose workers run `worker_main.train_worker`, and folds the workers' progress events into
-the status and the Prometheus metrics while `fit()` runs on a background thread.
+whose workers run `worker_main.train_worker` (one per GPU: `kiln_api.topology`), and folds
+the workers' progress events into the status and the Prometheus metrics while `fit()` runs
+on a background thread.
+
+`kiln run` with one training worker (`DriverOptions.in_process`) starts no Ray at all: the
+same worker code runs on the background thread of this process and sends its events to a
+`ProgressChannel` object here (channel.py), which the driver drains exactly as it drains the
+actor; a Ctrl-C reaches the worker through the same stop request.
 
 Exit codes (docs/contracts.md): 0 success (including early stop), 1 training failure
 (reason on stderr), 2 invalid job. The final status is written, compact, to the
@@ -14,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import threading
@@ -25,11 +30,12 @@ from typing import Any, Optional
 
 from kiln_api import TrainingJob
 from kiln_api.errors import pydantic_errors
-from kiln_api.status import Phase, TrainingJobStatus, WorkersStatus
+from kiln_api.status import Phase, TrainingJobStatus
 from kiln_api.storage_paths import PVC_MOUNT_ROOT
+from kiln_api.topology import GPU, TrainingTopology, training_topology, workers_status, workers_that_fit
 from pydantic import ValidationError
 
-from .channel import progress_actor
+from .channel import ActorInbox, Inbox, InProcessClient, ProgressChannel, progress_actor
 from .console import epoch_line
 from .events import (
     CheckpointSaved,
@@ -74,6 +80,12 @@ class DriverOptions:
     port_fallback: bool = False
     ray_temp_dir: Optional[str] = None
     local_num_cpus: Optional[int] = None
+    local_num_gpus: Optional[int] = None  # None: the CUDA devices torch sees
+    # Train in this process, without Ray (`kiln run` with one training worker).
+    in_process: bool = False
+    # The Ray resource a training worker's GPU is: Ray's own `GPU` in the product; a test on a
+    # machine without GPUs names a custom resource instead (then without CUDA, kiln_api.topology).
+    gpu_resource: str = GPU
     python_path: list[str] = field(default_factory=list)
     termination_message_path: Optional[str] = None
     startup_timeout_s: float = 600.0
@@ -81,25 +93,30 @@ class DriverOptions:
     stop_event: threading.Event = field(default_factory=threading.Event)
 
 
-def workers_that_fit(nodes: list[dict[str, float]], cpus_per_worker: float, gpus_per_worker: int) -> int:
-    """How many workers of this size the nodes can hold at once (a worker never spans nodes)."""
-    total = 0
-    for resources in nodes:
-        fit = math.floor(resources.get("CPU", 0.0) / cpus_per_worker + 1e-9)
-        if gpus_per_worker > 0:
-            fit = min(fit, math.floor(resources.get("GPU", 0.0) / gpus_per_worker + 1e-9))
-        total += max(fit, 0)
-    return total
+def describe_node(resources: dict[str, float], gpu_resource: str = GPU) -> str:
+    """`16 CPU/2 GPU`: a Ray node's resources as the capacity message names them."""
+    text = f"{resources.get('CPU', 0):g} CPU"
+    if resources.get(gpu_resource):
+        text += f"/{resources[gpu_resource]:g} {gpu_resource}"
+    return text
 
 
-def capacity_message(job: TrainingJob, fit: int, nodes: list[dict[str, float]]) -> str:
+def capacity_message(job: TrainingJob, fit: int, nodes: list[dict[str, float]],
+                     topology: Optional[TrainingTopology] = None, where: str = "in the Ray cluster") -> str:
+    """Why the workers do not fit: what the job asks for (pods, and the training workers they run
+    when a pod runs one per GPU), what `fit` of them the nodes hold, and the nodes."""
     w = job.spec.workers
+    topology = topology or training_topology(w)
     size = f"{w.cpus_per_worker:g} CPU" + (f" + {w.gpus_per_worker} GPU" if w.gpus_per_worker else "")
-    have = ", ".join(f"{r.get('CPU', 0):g} CPU" + (f"/{r.get('GPU', 0):g} GPU" if r.get("GPU") else "") for r in nodes)
+    asked = f"spec.workers.replicas: {w.replicas} workers of {size} each"
+    held = f"{fit}"
+    if topology.workers_per_pod > 1:
+        asked += f" ({topology.num_workers} training workers of {topology.describe_worker()}, one per GPU)"
+        held += " training workers"
+    have = ", ".join(describe_node(r, topology.gpu_resource) for r in nodes)
     return (
-        f"spec.workers.replicas: {w.replicas} workers of {size} each do not fit in the Ray cluster, "
-        f"which can hold {fit} (nodes: {have or 'none'}); lower workers.replicas (kiln run --workers) "
-        f"or cpusPerWorker/gpusPerWorker"
+        f"{asked} do not fit {where}, which can hold {held} (nodes: {have or 'none'}); "
+        f"lower workers.replicas (kiln run --workers) or cpusPerWorker/gpusPerWorker"
     )
 
 
@@ -108,6 +125,7 @@ class JobRunner:
 
     def __init__(self, job: TrainingJob, options: DriverOptions) -> None:
         self.job, self.options = job, options
+        self.topology = training_topology(job.spec.workers, options.gpu_resource)
         self.metrics = KilnMetrics(job.name, job.namespace)
         self.status = initial_status(job.spec.hyperparameters.epochs)
         self.metrics.on_start(job.spec.hyperparameters.epochs, 0, 0)
@@ -118,6 +136,7 @@ class JobRunner:
         self.finished: Optional[Finished] = None
         self.port: Optional[int] = None
         self.first_step_time: Optional[float] = None
+        self._training: Optional[threading.Thread] = None
 
     def status_json(self) -> dict[str, Any]:
         with self._lock:
@@ -153,8 +172,7 @@ class JobRunner:
         match event:
             case Started():
                 self.metrics.on_start(event.total_epochs, event.epoch, event.step)
-                replicas = self.job.spec.workers.replicas
-                self.status.workers = WorkersStatus(desired=replicas, ready=replicas, summary=f"{replicas}/{replicas}")
+                self.status.workers = workers_status(self.topology, ready_pods=self.topology.pods)
             case EpochEnded():
                 self.metrics.on_epoch(event)
             case GpuSampled():
@@ -193,12 +211,18 @@ class JobRunner:
             self._write_termination_message()
 
     def _run_guarded(self) -> int:
-        import ray
-
         owns_ray = False
         try:
-            owns_ray = connect_ray(self.options)
-            self._wait_for_capacity()
+            if self.options.in_process:
+                # Not even `import ray` (a second of start-up): nothing of Ray runs in-process.
+                self._check_local_capacity()
+            else:
+                import ray
+
+                if not self.options.ray_address and not ray.is_initialized():
+                    self._check_local_capacity()  # before paying for a local cluster that cannot hold the workers
+                owns_ray = connect_ray(self.options)
+                self._wait_for_capacity()
             return self._train()
         except ClusterTooSmall as exc:
             return self._failed("Unschedulable", str(exc))
@@ -210,6 +234,8 @@ class JobRunner:
             return EXIT_INTERRUPTED
         finally:
             if owns_ray:
+                import ray
+
                 ray.shutdown()
 
     def _failed(self, reason: str, message: str, code: int = EXIT_FAILED) -> int:
@@ -220,43 +246,67 @@ class JobRunner:
     def _wait_for_capacity(self) -> None:
         import ray
 
-        w = self.job.spec.workers
+        wanted = self.topology.num_workers
         # A local cluster is complete once started; a remote one may still be gaining worker pods.
         deadline = time.monotonic() + (self.options.startup_timeout_s if self.options.ray_address else 0.0)
         while True:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-            fit = workers_that_fit(nodes, w.cpus_per_worker, w.gpus_per_worker)
-            if fit >= w.replicas:
+            fit = workers_that_fit(nodes, self.topology)
+            if fit >= wanted:
                 return
             if time.monotonic() >= deadline:
-                raise ClusterTooSmall(capacity_message(self.job, fit, nodes))
+                raise ClusterTooSmall(capacity_message(self.job, fit, nodes, self.topology))
             with self._lock:
-                self.status.message = f"waiting for workers to join the Ray cluster ({fit}/{w.replicas} fit so far)"
+                self.status.message = f"waiting for workers to join the Ray cluster ({fit}/{wanted} fit so far)"
             time.sleep(RESOURCE_POLL_S)
 
+    def _check_local_capacity(self) -> None:
+        """This machine must hold the training workers: the local cluster's CPUs and the CUDA devices
+        torch sees (`connect_ray` starts it with these), or, in-process, the GPU the job asks for."""
+        gpus = local_gpu_count() if self.options.local_num_gpus is None else self.options.local_num_gpus
+        node = {"CPU": float(self.options.local_num_cpus or os.cpu_count() or 1), GPU: float(gpus)}
+        if self.options.in_process:  # one worker, on whatever CPUs there are
+            fit = gpus if self.topology.use_gpu else self.topology.num_workers
+        else:
+            fit = workers_that_fit([node], self.topology)
+        if fit < self.topology.num_workers:
+            raise ClusterTooSmall(capacity_message(self.job, fit, [node], self.topology, where="on this machine")
+                                  + f"; torch sees {gpus} CUDA device{'s' if gpus != 1 else ''} here")
+
     def _train(self) -> int:
-        channel = progress_actor()
-        trainer = build_trainer(self.job, self.options, channel)
         outcome: dict[str, Any] = {}
-        thread = threading.Thread(target=_fit, args=(trainer, outcome), name="kiln-fit", daemon=True)
+        inbox: Inbox
+        if self.options.in_process:
+            # The worker's channel is a plain object here: its pushes land in the driver's inbox.
+            inbox = ProgressChannel()
+            target = in_process_training(self.job, self.options, inbox, self.topology)
+        else:
+            actor = progress_actor()
+            inbox = ActorInbox(actor)
+            target = build_trainer(self.job, self.options, actor).fit
+        thread = self._training = threading.Thread(target=_fit, args=(target, outcome), name="kiln-fit", daemon=True)
         thread.start()
         stop_sent = False
         while thread.is_alive():
             # Waiting on the stop event (not sleeping) passes a Ctrl-C on at once: rank 0 reads the
             # request at the end of the epoch in progress, and a short epoch ends within milliseconds.
             if not stop_sent and self.options.stop_event.wait(timeout=POLL_INTERVAL_S):
-                channel.request_stop.remote()
+                inbox.request_stop()
                 stop_sent = True
             elif stop_sent:
                 thread.join(timeout=POLL_INTERVAL_S)
-            self._drain(channel)
-        self._drain(channel)
+            self._drain(inbox)
+        self._drain(inbox)
+        if "error" in outcome and self.options.in_process:
+            log.error("training failed", exc_info=outcome["error"])
         return self._conclude(outcome)
 
-    def _drain(self, channel: Any) -> None:
-        import ray
+    def training_alive(self) -> bool:
+        """Whether training still runs (after a second Ctrl-C the driver returns without waiting)."""
+        return self._training is not None and self._training.is_alive()
 
-        for event in ray.get(channel.drain.remote(), timeout=60):
+    def _drain(self, inbox: Inbox) -> None:
+        for event in inbox.drain():
             self.handle_wire(event)
 
     def _conclude(self, outcome: dict[str, Any]) -> int:
@@ -288,9 +338,9 @@ class JobRunner:
             log.warning("could not write the termination message to %s: %s", path, exc)
 
 
-def _fit(trainer: Any, outcome: dict[str, Any]) -> None:
+def _fit(train: Callable[[], Any], outcome: dict[str, Any]) -> None:
     try:
-        outcome["result"] = trainer.fit()
+        outcome["result"] = train()
     except BaseException as exc:  # noqa: BLE001 - reported by the driver's main thread
         outcome["error"] = exc
 
@@ -316,7 +366,7 @@ def connect_ray(options: DriverOptions) -> bool:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", LOCAL_HEALTH_CHECK_INTERVAL_S)
     ray.init(
         num_cpus=options.local_num_cpus or os.cpu_count() or 1,
-        num_gpus=0,
+        num_gpus=local_gpu_count() if options.local_num_gpus is None else options.local_num_gpus,
         include_dashboard=False,
         _temp_dir=options.ray_temp_dir,
         logging_level=logging.WARNING,
@@ -325,34 +375,65 @@ def connect_ray(options: DriverOptions) -> bool:
     return True
 
 
-def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any:
+def local_gpu_count() -> int:
+    """The CUDA devices torch sees on this machine (0 with a CPU build of torch)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_config(job: TrainingJob, options: DriverOptions) -> dict[str, Any]:
+    """What every training worker gets: the job and the paths (worker_main.run_worker)."""
     import uuid
 
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from .worker_main import train_worker
-
-    w = job.spec.workers
-    resources: dict[str, float] = {"CPU": w.cpus_per_worker}
-    if w.gpus_per_worker:
-        resources["GPU"] = float(w.gpus_per_worker)
-    config = {
+    return {
         "job": job.model_dump(by_alias=True, exclude_none=True, mode="json"),
         "checkpoint_dir": options.checkpoint_dir,
         "pvc_root": options.pvc_root,
         "model_path": options.model_path,
         "python_path": options.python_path,
-        "channel": channel,
         # This driver's claim on the checkpoint location (checkpoint_fence.py): every restart of the
         # worker group is the same run; a driver that replaces this one gets another id and fences it.
         "run_id": uuid.uuid4().hex,
     }
+
+
+def in_process_training(job: TrainingJob, options: DriverOptions, channel: ProgressChannel,
+                        topology: TrainingTopology) -> Callable[[], None]:
+    """The one training worker, to run on a thread of this process (`kiln run`, no Ray)."""
+    from .worker import in_process_env
+    from .worker_main import train_in_process
+
+    config = worker_config(job, options)
+
+    def train() -> None:
+        # On the training thread: CUDA's current device is a per-thread setting.
+        train_in_process(config, in_process_env(InProcessClient(channel), topology.use_gpu, topology.cpus_per_worker))
+
+    return train
+
+
+def scaling_config(topology: TrainingTopology) -> Any:
+    """Ray Train's ScalingConfig for the topology: one worker per GPU (NCCL when use_gpu)."""
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(num_workers=topology.num_workers, use_gpu=topology.use_gpu,
+                         resources_per_worker=dict(topology.resources_per_worker))
+
+
+def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any:
+    """The TorchTrainer of the job; `channel` is the driver's ProgressChannel actor (or None)."""
+    from ray.train import FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from .worker_main import train_worker
+
+    config = {**worker_config(job, options), "channel": channel}
     storage = os.path.join(options.ray_temp_dir or "/tmp", "kiln-train")
     return TorchTrainer(
         train_worker,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=w.replicas, use_gpu=w.gpus_per_worker > 0, resources_per_worker=resources),
+        scaling_config=scaling_config(training_topology(job.spec.workers, options.gpu_resource)),
         run_config=RunConfig(
             name=f"{job.name}-{int(time.time())}",
             storage_path=storage,

@@ -55,6 +55,18 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 SUM_FIELDS = 5
 
 
+def eval_batches(dataset: Dataset, rank: int, world_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's slice of `dataset` (`rank::world_size`) in batches: views of in-memory tensors
+    (no gather, nothing copied where the data already lives on the device), else collated samples."""
+    x_all, y_all = getattr(dataset, "x", None), getattr(dataset, "y", None)
+    if x_all is None or y_all is None or getattr(dataset, "transform", None) is not None:
+        yield from batches(dataset, range(rank, len(dataset), world_size), batch_size)
+        return
+    x_all, y_all = x_all[rank::world_size], y_all[rank::world_size]
+    for start in range(0, len(y_all), batch_size):
+        yield x_all[start : start + batch_size].contiguous(), y_all[start : start + batch_size].contiguous()
+
+
 @torch.no_grad()
 def split_sums(
     model: nn.Module,
@@ -68,28 +80,32 @@ def split_sums(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     autocast: Callable[[], Any],
 ) -> list[float]:
-    """This rank's sums over its slice of `dataset` (zeros when there is no such split)."""
-    sums = [0.0] * SUM_FIELDS
+    """This rank's sums over its slice of `dataset` (zeros when there is no such split).
+
+    The sums stay on the device until the end: one host sync per split, not a few per batch.
+    Each is accumulated in float64 in the same order as Python floats would be, so the
+    metrics are the same to the last bit."""
     if dataset is None:
-        return sums
+        return [0.0] * SUM_FIELDS
+    sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(SUM_FIELDS)]
     was_training = model.training
     model.eval()
-    for x, y in batches(dataset, range(rank, len(dataset), world_size), batch_size):
+    for x, y in eval_batches(dataset, rank, world_size, batch_size):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
             out = model(x)
         out = out.float()
         n = len(y)
-        sums[0] += float(loss_fn(out, y)) * n
+        sums[0] += loss_fn(out, y).double() * n
         sums[2] += n
         if task == CLASSIFICATION:
-            sums[1] += float((out.argmax(dim=1) == y).sum())
+            sums[1] += (out.argmax(dim=1) == y).sum().double()
         else:
             err = (out - y.view_as(out)).float()
-            sums[3] += float(err.abs().mean(dim=-1).sum()) if err.dim() > 1 else float(err.abs().sum())
-            sums[4] += float((err**2).mean(dim=-1).sum()) if err.dim() > 1 else float((err**2).sum())
+            sums[3] += (err.abs().mean(dim=-1).sum() if err.dim() > 1 else err.abs().sum()).double()
+            sums[4] += ((err**2).mean(dim=-1).sum() if err.dim() > 1 else (err**2).sum()).double()
     model.train(was_training)
-    return sums
+    return torch.stack(sums).tolist()
 
 
 def metrics_from_sums(sums: Sequence[float], prefix: str, task: str, target_std: float = 1.0) -> dict[str, float]:

@@ -77,6 +77,9 @@ class Started(Event):
     message: str = ""
     resumed_from: Optional[str] = None
     history: list[dict[str, float]] = field(default_factory=list)
+    # Where the built-in trainer keeps the training split (batch_feed.py) and how many rows it has.
+    data_placement: Optional[str] = None
+    train_rows: Optional[int] = None
 
 
 @event_kind("first_step")

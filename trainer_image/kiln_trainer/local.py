@@ -1,4 +1,10 @@
-"""`kiln run FILE [--output DIR] [--workers N]`: the driver's code path on a local Ray cluster.
+"""`kiln run FILE [--output DIR] [--workers N] [--ray]`: the driver's code path on this machine.
+
+One training worker (one CPU worker, or one GPU) trains in this process, without Ray, which
+saves Ray's start-up (seconds); two or more train on a local Ray cluster that holds the CPUs
+and the CUDA devices torch sees here (`--ray` takes that path for one worker too). Without
+`--workers`, a job that asks for more worker pods than this machine holds trains with the
+pods that fit, and says so; an explicit `--workers N` is used as given.
 
 Writes `DIR/<job-name>/`: status.json (TrainingJobStatus shape), metrics.jsonl (one line
 per epoch), checkpoints/ (unless spec.checkpoint.storage says otherwise), model.pt and
@@ -9,9 +15,11 @@ checkpoint; the same command again resumes from it. A second Ctrl-C aborts at on
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -22,10 +30,11 @@ from kiln_api import TrainingJob
 from kiln_api.loading import load_jobs
 from kiln_api.status import TrainingJobStatus
 from kiln_api.storage_paths import PVC_MOUNT_ROOT
+from kiln_api.topology import GPU, TrainingTopology, training_topology, workers_that_fit
 
 from .console import epoch_line, progress_line, validation_text
 from .curves import plot_curves, read_jsonl
-from .driver import EXIT_INVALID, DriverOptions, JobRunner
+from .driver import EXIT_INVALID, DriverOptions, JobRunner, local_gpu_count
 from .events import EpochEnded, Event, Started, StepProgress
 from .local_paths import with_absolute_paths
 from .status_json import status_document
@@ -48,6 +57,64 @@ def load_manifest(file: str, workers: Optional[int]) -> TrainingJob:
     if len(jobs) != 1:
         raise ValueError(f"{file}: expected exactly one TrainingJob document, found {len(jobs)}")
     return jobs[0]
+
+
+def local_node(job: TrainingJob, cpus: Optional[int] = None, gpus: Optional[int] = None) -> dict[str, float]:
+    """The Ray resources `kiln run` gives its local cluster: this machine's CPUs (at least one
+    worker pod's worth: a single worker always runs here) and the CUDA devices torch sees."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    gpus = gpus if gpus is not None else local_gpu_count()
+    return {"CPU": float(max(cpus, math.ceil(job.spec.workers.cpus_per_worker))), GPU: float(gpus)}
+
+
+def with_replicas(job: TrainingJob, replicas: int) -> TrainingJob:
+    workers = job.spec.workers.model_copy(update={"replicas": replicas})
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"workers": workers})})
+
+
+def fit_to_machine(job: TrainingJob, node: dict[str, float], explicit: bool) -> tuple[TrainingJob, Optional[str]]:
+    """The job with as many worker pods as `node` (this machine) holds, and a note saying so; as it
+    is when `--workers` was given (`explicit`), when it fits, or when not even one pod fits (the
+    capacity check then says why)."""
+    topology = training_topology(job.spec.workers)
+    pods = workers_that_fit([node], topology) // topology.workers_per_pod
+    if explicit or pods >= topology.pods or pods < 1:
+        return job, None
+    w = job.spec.workers
+    size = f"{w.cpus_per_worker:g} CPU" + (f" + {w.gpus_per_worker} GPU" if w.gpus_per_worker else "")
+    have = f"{node.get('CPU', 0):g} CPU" + (f" and {node.get(GPU, 0):g} GPU" if node.get(GPU) else "")
+    note = (f"the job asks for {w.replicas} workers of {size} each; this machine ({have}) holds {pods}: "
+            f"training with {pods} (--workers {w.replicas} insists)")
+    return with_replicas(job, pods), note
+
+
+def cuda_device_name(in_process: bool) -> str:
+    """The first visible CUDA device's name, `cuda` when unknown. Without touching CUDA in this
+    process when the GPUs are Ray workers' (a CUDA context here would take memory on GPU 0)."""
+    if in_process:
+        import torch
+
+        try:
+            return torch.cuda.get_device_name(0)
+        except (RuntimeError, AssertionError):  # no usable device: the driver's check says so
+            return "cuda"
+    first = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+    try:
+        result = subprocess.run(["nvidia-smi", f"--id={first}", "--query-gpu=name", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "cuda"
+    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else "cuda"
+
+
+def devices_line(topology: TrainingTopology, in_process: bool, gpu_name: str = "") -> str:
+    """`training on 2 x cuda (NVIDIA H200): 2 Ray Train workers, NCCL` or `training on 1 CPU worker in this process`."""
+    n = topology.num_workers
+    if topology.use_gpu:
+        line = f"training on {n} x cuda ({gpu_name or 'cuda'})"
+        return line + (" in this process" if in_process else f": {n} Ray Train workers, NCCL")
+    line = f"training on {n} CPU worker{'s' if n != 1 else ''}"
+    return line + (" in this process" if in_process else ": Ray Train, gloo")
 
 
 class LocalOutputs:
@@ -113,11 +180,17 @@ def _install_sigint(stop: threading.Event, stream: TextIO) -> Any:
     return signal.signal(signal.SIGINT, handler)
 
 
-def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: TextIO = sys.stderr) -> tuple[int, JobRunner]:
-    """Train `job` on a fresh local Ray cluster (or the one this process already has).
+def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: TextIO = sys.stderr,
+              use_ray: bool = False, node: Optional[dict[str, float]] = None) -> tuple[int, JobRunner]:
+    """Train `job` in this process (one training worker, unless `use_ray`), else on a fresh local
+    Ray cluster holding `node`'s resources (default: this machine's; or the cluster this process
+    already has).
 
     Relative paths (the output, the job's data, weights and storage) are taken from the working
     directory here, before any of them reaches a Ray worker (local_paths.py)."""
+    topology = training_topology(job.spec.workers)
+    in_process = topology.num_workers == 1 and not use_ray
+    node = node or local_node(job)
     cwd = os.getcwd()
     job = with_absolute_paths(job, cwd)
     out_dir = os.path.join(os.path.abspath(out_root), job.name)
@@ -126,10 +199,12 @@ def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: Tex
     storage = job.spec.checkpoint.storage
     checkpoint_dir = resolve_location(storage, pvc_root) if storage else os.path.join(out_dir, "checkpoints")
     outputs = LocalOutputs(out_dir, stream)
-    # Ray's socket paths must stay under ~107 characters, so its temp dir lives directly in /tmp.
-    # KILN_RAY_TEMP_DIR lets a caller (a test) find and clean up this run's Ray processes.
-    ray_tmp = os.environ.get("KILN_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix="kiln-", dir="/tmp")
-    os.makedirs(ray_tmp, exist_ok=True)
+    ray_tmp = None
+    if not in_process:
+        # Ray's socket paths must stay under ~107 characters, so its temp dir lives directly in /tmp.
+        # KILN_RAY_TEMP_DIR lets a caller (a test) find and clean up this run's Ray processes.
+        ray_tmp = os.environ.get("KILN_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix="kiln-", dir="/tmp")
+        os.makedirs(ray_tmp, exist_ok=True)
     options = DriverOptions(
         checkpoint_dir=checkpoint_dir,
         pvc_root=pvc_root,
@@ -137,12 +212,23 @@ def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: Tex
         port=job.spec.metrics.port,
         port_fallback=True,
         ray_temp_dir=ray_tmp,
+        local_num_cpus=int(node["CPU"]),
+        local_num_gpus=int(node.get(GPU, 0)),
+        in_process=in_process,
         # Custom code is imported from beside its manifest; a built-in job must not let files there
         # shadow installed packages on the workers' sys.path.
         python_path=[manifest_dir] if job.spec.entrypoint else [],
         listeners=[outputs],
     )
     runner = JobRunner(job, options)
+    if in_process:  # one worker, on whatever CPUs there are
+        fits = not topology.use_gpu or node.get(GPU, 0) >= topology.num_workers
+    else:
+        fits = workers_that_fit([node], topology) >= topology.num_workers
+    if fits:  # else the driver says why not
+        gpu_name = cuda_device_name(in_process) if topology.use_gpu and node.get(GPU, 0) >= 1 else ""
+        stream.write(f"kiln: {devices_line(topology, in_process, gpu_name)}\n")
+        stream.flush()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = _install_sigint(options.stop_event, stream)
@@ -151,23 +237,34 @@ def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: Tex
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        if ray_tmp is not None:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     outputs.write_status(runner.status)
     plot_curves(read_jsonl(outputs.metrics_path), os.path.join(out_dir, "curves.png"), title=job.name)
     return code, runner
 
 
-def run_local_cli(file: str, output: str, workers: int | None) -> int:
+def run_local_cli(file: str, output: str, workers: int | None, use_ray: bool = False) -> int:
     """Entry point of `kiln run`."""
     try:
         job = load_manifest(file, workers)
     except ValueError as exc:
         print(f"kiln: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    code, runner = run_local(job, output, manifest_dir=os.path.dirname(os.path.abspath(file)))
+    node = local_node(job)
+    job, note = fit_to_machine(job, node, explicit=workers is not None)
+    if note:
+        print(f"kiln: {note}", file=sys.stderr)
+    code, runner = run_local(job, output, manifest_dir=os.path.dirname(os.path.abspath(file)), use_ray=use_ray, node=node)
     status = runner.status
     out_dir = os.path.join(output, job.name)
     summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(status.metrics.items()) if k.startswith("test_"))
     print(f"kiln: {status.phase.value} ({status.reason}) after {status.progress.epoch} epochs"
           + (f"; {summary}" if summary else "") + f"; results in {out_dir}", file=sys.stderr)
+    if runner.training_alive():
+        # A second Ctrl-C: the driver returned without waiting for the in-process worker, which
+        # would hold the interpreter's exit (its checkpoint writer is not a daemon). Abort at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code

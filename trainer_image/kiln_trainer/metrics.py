@@ -98,13 +98,51 @@ class KilnMetrics:
         return generate_latest(self.registry)
 
 
-class MetricsServer:
-    """A tiny threaded HTTP server: /metrics (Prometheus), /status (JSON), /healthz."""
+IDLE_TIMEOUT_S = 10.0  # a connection that sends no complete request within this is closed
+MAX_CONNECTIONS = 32  # connections served at once (one thread each); more are closed at once
 
-    def __init__(self, metrics: KilnMetrics, status: Callable[[], dict[str, Any]], port: int, host: str = "0.0.0.0") -> None:
-        handler = _make_handler(metrics, status)
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` of them: a connection beyond is closed
+    unanswered instead of holding another thread (and its stack) for as long as its client likes."""
+
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: socketserver's 5 makes a burst of clients wait on SYN retries
+    block_on_close = False  # stopping never waits on a client; handler threads end within the idle timeout
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("refusing %s: %d connections are being served", client_address, MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class MetricsServer:
+    """A tiny threaded HTTP server: /metrics (Prometheus), /status (JSON), /healthz.
+
+    Bounded, because anything in the pod network that may reach the port can connect: each
+    connection has `idle_timeout` seconds per read, and at most `max_connections` are served at once.
+    """
+
+    def __init__(self, metrics: KilnMetrics, status: Callable[[], dict[str, Any]], port: int, host: str = "0.0.0.0",
+                 *, idle_timeout: float = IDLE_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
+        handler = _make_handler(metrics, status, idle_timeout)
+        self.httpd = _BoundedHTTPServer((host, port), handler, max_connections)
         self.port = int(self.httpd.server_address[1])
         self._thread: Optional[threading.Thread] = None
 
@@ -120,8 +158,10 @@ class MetricsServer:
             self._thread.join(timeout=5)
 
 
-def _make_handler(metrics: KilnMetrics, status: Callable[[], dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
+def _make_handler(metrics: KilnMetrics, status: Callable[[], dict[str, Any]], idle_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = idle_timeout  # socketserver sets it on the connection: a silent client is dropped
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

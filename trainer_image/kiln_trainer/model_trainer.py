@@ -2,16 +2,20 @@
 and what a checkpoint holds besides the loop state. The epoch loop is builtin_run.py; the
 bookkeeping shared with custom code (checkpoints, early stopping, events) is run_core.py.
 
-Design (measured on this project's 2-core CI machine; bench/trainer_overhead.py compares
-the whole thing with a hand-written DDP loop):
-- Sharding: a DistributedSampler per epoch (`set_epoch`), batches cut by slicing the
-  in-memory tensors rather than collating samples one by one.
-- Checkpoints: rank 0 serialises the state into memory (the only stall) and a background
-  thread writes and prunes it (checkpoints.py); every start resumes from the newest valid one.
-  Measured stall: 0.1-0.3% of an epoch (bench MLP, 0.5M parameters), far under the 5% budget.
-- Per step there is no host sync: the loss is summed on the device and read once per epoch
-  (and by rank 0 at most every STEP_EVENT_INTERVAL_S for the progress bar). One process,
-  same model and data: 0.61 s/epoch for `train_epoch` vs 0.60 s for a bare loop.
+Design (bench/trainer_overhead.py compares the whole thing with a hand-written DDP loop on CPU,
+bench/gpu_loop.py with a hand-written single-device loop on a GPU):
+- Data (batch_feed.py): the training split lives on the device when it fits (always on CPU),
+  else in host memory with each batch copied ahead on a side stream. Each rank takes exactly the
+  rows a DistributedSampler would give it; batches are gathered, augmented and put in the model's
+  memory format where they are used.
+- Per step there is no host sync and no work the job does not ask for: no copy of data that is
+  already on the device, the loss is summed on the device and read once per epoch (and by rank 0
+  at most every STEP_EVENT_INTERVAL_S for the progress bar), one autocast context for the whole
+  run, the learning rate set only when it changes within an epoch, L1 only when asked for.
+- On CUDA (speedups.py): fused optimizers, TF32 for fp32 jobs, channels-last and cudnn.benchmark
+  for convolutional models; `hyperparameters.compile` wraps the forward in torch.compile.
+- Checkpoints: rank 0 copies the state (snapshot.py; the only stall) and a background thread
+  serialises, writes and prunes it (checkpoints.py); every start resumes from the newest valid one.
 """
 
 from __future__ import annotations
@@ -24,23 +28,35 @@ from typing import Any, Optional
 
 import torch
 from kiln_api import TrainingJob
+from kiln_api.spec import ModelSpec
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 
 from . import optim
+from .batch_feed import (
+    DEVICE,
+    BatchFeed,
+    batch_bounds,
+    choose_placement,
+    free_device_memory,
+    make_feed,
+    shard_order,
+    tensor_bytes,
+)
 from .checkpoint_fence import model_fingerprint
 from .checkpoints import CheckpointInfo, serialize_state
-from .data import DataBundle, load_data
-from .evaluation import batches, split_sums
+from .data import ArrayDataset, DataBundle, load_data
+from .evaluation import split_sums
 from .events import FirstStep, StepProgress
 from .models import build_model, load_pretrained
 from .run_core import LoopState, RunCore
 from .seeding import rng_state, seed_everything, set_rng_state
+from .speedups import apply_backend_flags, forward_of, select_speedups, use_fused_optimizer
 from .worker import RunPaths, WorkerEnv, write_bytes
 
 log = logging.getLogger("kiln_trainer.train")
 STEP_EVENT_INTERVAL_S = 0.5
+NO_CONTEXT = contextlib.nullcontext()  # reusable: entering it does nothing
 
 
 class ModelTrainer:
@@ -49,24 +65,29 @@ class ModelTrainer:
     def __init__(self, job: TrainingJob, env: WorkerEnv, paths: RunPaths) -> None:
         self.job, self.env, self.paths = job, env, paths
         spec = job.spec
-        self.hp = spec.hyperparameters
-        seed_everything(self.hp.seed)
+        self.hp = hp = spec.hyperparameters
+        seed_everything(hp.seed)
         model_spec = spec.effective_model
         self.data: DataBundle = load_data(spec.data, pvc_root=paths.pvc_root, for_architecture=model_spec.architecture.value)
-        model = build_model(model_spec, self.data.input_shape, self.data.output_dim)
-        if model_spec.pretrained is not None:
-            load_pretrained(model, model_spec.pretrained, pvc_root=paths.pvc_root)
-        self.model: nn.Module = model.to(env.device)
+        self.speedups = select_speedups(env.device.type, hp.mixed_precision.value, model_spec.architecture.value,
+                                        hp.optimizer.value)
+        apply_backend_flags(self.speedups)
+        self.model: nn.Module = self._build_model(model_spec)
+        self.batch_size = max(hp.batch_size // env.world_size, 1)
+        self.feed: BatchFeed = self._place_data()
         self.ddp: nn.Module = self._wrap(self.model)
-        self.batch_size = max(self.hp.batch_size // env.world_size, 1)
-        self.sampler = DistributedSampler(
-            self.data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=self.hp.seed
-        )
-        self.steps_per_epoch = math.ceil(math.ceil(len(self.sampler) / self.batch_size) / self.hp.gradient_accumulation_steps)
-        self.optimizer = optim.build_optimizer(self.model, self.hp)
-        self.scheduler = optim.build_scheduler(self.optimizer, self.hp, steps_per_epoch=self.steps_per_epoch)
-        self.scaler = optim.make_grad_scaler(self.hp.mixed_precision, env.device)
+        self._no_sync = self.ddp.no_sync if isinstance(self.ddp, DistributedDataParallel) else None
+        self.forward = forward_of(self.ddp, hp.compile, env.device.type)
+        # Every rank holds ceil(rows / world) shard positions (the sampler pads); the batches never change.
+        shard_rows = math.ceil(len(self.data.train) / env.world_size)
+        self.bounds = batch_bounds(shard_rows, self.batch_size)
+        self.steps_per_epoch = math.ceil(math.ceil(shard_rows / self.batch_size) / hp.gradient_accumulation_steps)
+        fused = use_fused_optimizer(self.speedups, self.model.parameters())
+        self.optimizer = optim.build_optimizer(self.model, hp, fused=fused)
+        self.scheduler = optim.build_scheduler(self.optimizer, hp, steps_per_epoch=self.steps_per_epoch)
+        self.scaler = optim.make_grad_scaler(hp.mixed_precision, env.device)
         self.loss_fn = optim.loss_function(self.data.task)
+        self._autocast = self.autocast()  # one context, entered once per step (never nested)
         fingerprint = model_fingerprint(self.model.state_dict(), self.data.input_shape, self.data.output_dim, self.data.task)
         self.core = RunCore(job, env, paths, fingerprint=fingerprint)
         self.first_step_time: Optional[float] = None
@@ -74,6 +95,28 @@ class ModelTrainer:
     @property
     def state(self) -> LoopState:
         return self.core.state
+
+    def _build_model(self, model_spec: ModelSpec) -> nn.Module:
+        model = build_model(model_spec, self.data.input_shape, self.data.output_dim)
+        if model_spec.pretrained is not None:
+            load_pretrained(model, model_spec.pretrained, pvc_root=self.paths.pvc_root)
+        model = model.to(self.env.device)
+        return model.to(memory_format=torch.channels_last) if self.speedups.channels_last else model
+
+    def _place_data(self) -> BatchFeed:
+        """Keep the training (and validation) split on the device when it fits, else on the host."""
+        data, device, spec = self.data, self.env.device, self.job.spec.data
+        train, validation = data.train, data.validation
+        assert isinstance(train, ArrayDataset)
+        val_bytes = tensor_bytes(validation.x, validation.y) if isinstance(validation, ArrayDataset) else 0
+        placement = choose_placement(spec.placement.value, device_type=device.type, fraction=spec.device_memory_fraction,
+                                     data_bytes=tensor_bytes(train.x, train.y) + val_bytes, free_bytes=free_device_memory(device))
+        feed = make_feed(placement, train.x, train.y, device, batch_size=self.batch_size, transform=data.train_transform,
+                         channels_last=self.speedups.channels_last, seed=self.hp.seed, rank=self.env.rank)
+        if placement == DEVICE and isinstance(validation, ArrayDataset):
+            data.validation = ArrayDataset(validation.x.to(device), validation.y.to(device))
+        data.summary = data.summary.placed(placement, train_rows=len(train), train_bytes=feed.nbytes, device=str(device))
+        return feed
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.env.world_size <= 1:
@@ -102,37 +145,41 @@ class ModelTrainer:
 
     def train_epoch(self, epoch_index: int) -> tuple[float, int]:
         """Train one epoch on this rank's shard; returns (loss sum, sample count)."""
-        self.sampler.set_epoch(epoch_index)
+        env, bounds = self.env, self.bounds
         self.ddp.train()
-        accumulation = self.hp.gradient_accumulation_steps
+        order = shard_order(len(self.data.train), world_size=env.world_size, rank=env.rank, seed=self.hp.seed,
+                            epoch=epoch_index)
         # Summed on the device: a float() per step would synchronise with the GPU every step.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.env.device)
-        count, last_event = 0, time.monotonic()
-        indices = list(iter(self.sampler))
-        total_batches = math.ceil(len(indices) / self.batch_size)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+        count, last_event, report = 0, time.monotonic(), env.rank == 0 and env.channel is not None
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(batches(self.data.train, indices, self.batch_size, skip_single_tail=True)):
-            x, y = x.to(self.env.device, non_blocking=True), y.to(self.env.device, non_blocking=True)
-            boundary = (i + 1) % accumulation == 0 or i + 1 == total_batches
-            sync = contextlib.nullcontext() if boundary or not isinstance(self.ddp, DistributedDataParallel) else self.ddp.no_sync()
-            with sync:
-                with self.autocast():
-                    loss = self.loss_fn(self.ddp(x).float(), y)
-                    if self.hp.l1 > 0:
-                        loss = loss + self.hp.l1 * optim.l1_penalty(self.model)
-                self._backward(loss / accumulation)
-            if boundary:
-                self._optimizer_step()
-                if self.first_step_time is None:
-                    self.first_step_time = time.time()
-                    self.env.emit(FirstStep(unix_time=self.first_step_time))
-            loss_sum += loss.detach().double() * len(y)
-            count += len(y)
-            if self.env.rank == 0 and self.env.channel is not None and time.monotonic() - last_event > STEP_EVENT_INTERVAL_S:
+        for i, (x, y) in enumerate(self.feed.batches(order, bounds, epoch_index)):
+            rows = bounds[i][1] - bounds[i][0]
+            loss = self._step(i, x, y)
+            loss_sum.add_(loss.detach(), alpha=rows)  # float64 += rows * loss, exactly as before
+            count += rows
+            if report and time.monotonic() - last_event > STEP_EVENT_INTERVAL_S:
                 last_event = time.monotonic()
-                self.env.emit(StepProgress(epoch=self.state.epoch, step=self.state.step, batch=i + 1, batches=total_batches,
-                                           loss=float(loss_sum) / max(count, 1)))
+                env.emit(StepProgress(epoch=self.state.epoch, step=self.state.step, batch=i + 1, batches=len(bounds),
+                                      loss=float(loss_sum) / max(count, 1)))
         return float(loss_sum), count
+
+    def _step(self, i: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of batch `i`; an optimizer step at an accumulation boundary."""
+        accumulation = self.hp.gradient_accumulation_steps
+        boundary = accumulation == 1 or (i + 1) % accumulation == 0 or i + 1 == len(self.bounds)
+        with self._no_sync() if self._no_sync is not None and not boundary else NO_CONTEXT:
+            with self._autocast:
+                loss = self.loss_fn(self.forward(x).float(), y)
+                if self.hp.l1 > 0:
+                    loss = loss + self.hp.l1 * optim.l1_penalty(self.model)
+            self._backward(loss if accumulation == 1 else loss / accumulation)
+        if boundary:
+            self._optimizer_step()
+            if self.first_step_time is None:
+                self.first_step_time = time.time()
+                self.env.emit(FirstStep(unix_time=self.first_step_time))
+        return loss
 
     def _backward(self, loss: torch.Tensor) -> None:
         # A disabled scaler (everything but fp16 on CUDA) passes the loss through unchanged.
@@ -141,10 +188,13 @@ class ModelTrainer:
     def _optimizer_step(self) -> None:
         clip = self.hp.gradient_clip_norm
         if clip:
-            self.scaler.unscale_(self.optimizer)
+            self.scaler.unscale_(self.optimizer)  # a no-op unless the scaler is enabled
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step_batch()
         self.state.step += 1

@@ -25,9 +25,10 @@ import torch
 from kiln_api import TrainingJob
 
 from .checkpoint_fence import JobIdentity, entrypoint_fingerprint
-from .checkpoints import BackgroundWriter, CheckpointInfo, CheckpointStore, is_better, serialize_state
+from .checkpoints import BackgroundWriter, CheckpointInfo, CheckpointStore, is_better
 from .early_stopping import Decision, EarlyStopping, early_stopping_state, monitored_value, outcome_of
 from .events import CheckpointSaved, EpochEnded, Finished, Started
+from .snapshot import Snapshotter
 from .worker import RunPaths, WorkerEnv
 
 
@@ -70,6 +71,7 @@ class RunCore:
             self.fence.inspect()
         self.stopper = EarlyStopping.from_spec(job.spec.early_stopping) if job.spec.early_stopping else None
         self.writer = BackgroundWriter(self.store, self._on_saved) if env.rank == 0 else None
+        self.snapshots = Snapshotter() if env.rank == 0 else None
         self.state = LoopState()
         self.decision: Optional[Decision] = None
         self.interrupted = False
@@ -128,17 +130,22 @@ class RunCore:
         return epoch % self.job.spec.checkpoint.every_epochs == 0 or self.should_stop() or epoch == self.total_epochs
 
     def checkpoint(self, metrics: dict[str, float], payload: dict[str, Any], user_dir: Optional[str] = None) -> None:
-        """Rank 0: serialise `payload` plus the loop state now (timed as the stall), write in the background."""
-        if self.writer is None:
+        """Rank 0: snapshot `payload` plus the loop state now (timed as the stall: copies only);
+        serialise and write it in the background. Training may change `payload`'s tensors as soon as
+        this returns."""
+        if self.writer is None or self.snapshots is None:
             return
         started = time.perf_counter()
+        # The previous write must be done before its snapshot's buffers are refilled (re-raises its error).
+        self.writer.wait()
         value = metrics.get(self.store.metric)
         if value is not None and math.isfinite(value) and is_better(value, self.state.best_value, self.store.mode):
             self.state.best_value, self.state.best_epoch = value, self.state.epoch
             self.state.best_location = f"{self.store.location}/epoch-{self.state.epoch:06d}"
         state = {**payload, "early_stopping": self.stopper.state_dict() if self.stopper is not None else None,
                  "loop": dataclasses.asdict(self.state)}
-        self.writer.submit(self.state.epoch, serialize_state(state), step=self.state.step, metrics=metrics, user_dir=user_dir)
+        self.writer.submit(self.state.epoch, self.snapshots.take(state), step=self.state.step, metrics=metrics,
+                           user_dir=user_dir)
         self.checkpoint_stall += time.perf_counter() - started
 
     def best(self) -> Optional[dict[str, Any]]:
@@ -158,13 +165,14 @@ class RunCore:
 
     # ------------------------------------------------------------------ events
 
-    def emit_started(self, message: str) -> str:
-        """Tell the driver training starts (or resumes); returns the message, resume included."""
+    def emit_started(self, message: str, **data: Any) -> str:
+        """Tell the driver training starts (or resumes); returns the message, resume included.
+        `data`: Started's data_placement and train_rows (the built-in trainer's)."""
         if self.resumed is not None:
             message += f"\nresuming from {self.resumed.location} (epoch {self.resumed.epoch})"
         self.env.emit(Started(epoch=self.state.epoch, step=self.state.step, total_epochs=self.total_epochs,
                               message=message, resumed_from=self.resumed.location if self.resumed else None,
-                              history=self.state.history))
+                              history=self.state.history, **data))
         return message
 
     def emit_epoch(self, metrics: dict[str, float], epoch_seconds: float, samples_per_second: Optional[float]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -11,13 +10,10 @@ from typing import Any, Optional
 
 import torch
 
+from .channel import ChannelClient, RayChannelClient
 from .checkpoint_io import fsync_dir
 from .events import Event
 from .storage import is_remote
-
-log = logging.getLogger("kiln_trainer.worker")
-STOP_QUERY_TIMEOUT_S = 30.0
-FINAL_EVENT_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -34,53 +30,39 @@ class RunPaths:
 
 @dataclass
 class WorkerEnv:
-    """Rank, world size, device and the (optional) ProgressChannel actor of the driver."""
+    """Rank, world size, device and the (optional) client of the driver's ProgressChannel:
+    `RayChannelClient` in a Ray Train worker, `InProcessClient` when `kiln run` trains in its
+    own process (channel.py)."""
 
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
-    channel: Any = None
+    channel: Optional[ChannelClient] = None
 
     def emit(self, event: Event) -> None:
         """Rank 0 sends an event to the driver without waiting for it to be received."""
         if self.rank == 0 and self.channel is not None:
-            self.channel.push.remote(event.to_wire())
+            self.channel.push(event.to_wire())
 
     def emit_final(self, event: Event) -> None:
-        """Rank 0 sends its last event and waits until the driver's channel holds it.
-
-        Fire-and-forget calls still queued in this worker when the train function returns can be
-        dropped as Ray Train tears the worker group down; waiting on the last call (calls from one
-        caller run in order) makes sure the outcome, and everything before it, arrives."""
+        """Rank 0 sends its last event and waits until the driver's channel holds it."""
         if self.rank == 0 and self.channel is not None:
-            import ray
-
-            ray.get(self.channel.push.remote(event.to_wire()), timeout=FINAL_EVENT_TIMEOUT_S)
+            self.channel.push_final(event.to_wire())
 
     def emit_any_rank(self, event: Event) -> None:
         if self.channel is not None:
-            self.channel.push.remote(event.to_wire())
+            self.channel.push(event.to_wire())
 
     def stop_requested(self) -> bool:
         """Rank 0 asks the driver whether a stop was requested (one small round trip per epoch)."""
         if self.rank != 0 or self.channel is None:
             return False
-        import ray
-
-        try:
-            return bool(ray.get(self.channel.stop_requested.remote(), timeout=STOP_QUERY_TIMEOUT_S))
-        except ray.exceptions.RayActorError:
-            # The driver owns the channel: it is gone, so nobody will read what we train. Stop
-            # (with a checkpoint) rather than race a restarted driver for the checkpoint storage.
-            log.warning("the driver is gone; stopping after this epoch's checkpoint")
-            return True
-        except ray.exceptions.GetTimeoutError:
-            log.warning("the driver did not answer a stop query within %.0fs; training on", STOP_QUERY_TIMEOUT_S)
-            return False
+        return self.channel.stop_requested()
 
 
-def ray_worker_env(channel: Any) -> WorkerEnv:
-    """The environment inside a Ray Train worker (the process group is already set up)."""
+def ray_worker_env(actor: Any) -> WorkerEnv:
+    """The environment inside a Ray Train worker (the process group is already set up); `actor`
+    is the driver's ProgressChannel actor, or None."""
     import ray.train
     import ray.train.torch
 
@@ -88,7 +70,20 @@ def ray_worker_env(channel: Any) -> WorkerEnv:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    channel = RayChannelClient(actor) if actor is not None else None
     return WorkerEnv(rank=context.get_world_rank(), world_size=context.get_world_size(), device=device, channel=channel)
+
+
+def in_process_env(channel: Optional[ChannelClient], use_gpu: bool, cpus: Optional[float] = None) -> WorkerEnv:
+    """The one training worker `kiln run` runs in its own process: rank 0 of 1, on the first
+    CUDA device torch sees when the job asks for a GPU, with as many torch threads as the
+    worker's CPUs (as Ray gives its workers through OMP_NUM_THREADS, unless that is set)."""
+    if cpus and not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, int(cpus)))
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return WorkerEnv(rank=0, world_size=1, device=device, channel=channel)
 
 
 def current_umask() -> int:
@@ -135,8 +130,9 @@ def write_bytes(location: str, data: bytes, *, durable: bool = True) -> None:
 
 
 def gpu_stats(rank: int) -> dict[str, Any]:
-    """This worker's GPU utilisation and memory, when it has a GPU."""
-    if not torch.cuda.is_available():
+    """This worker's GPU utilisation and memory, when it trains on a GPU (a CPU job that `kiln run`
+    trains in-process on a machine with GPUs never initialises CUDA, and reports none)."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {}
     stats: dict[str, Any] = {"memory_bytes": int(torch.cuda.memory_allocated())}
     try:

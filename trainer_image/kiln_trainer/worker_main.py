@@ -1,4 +1,8 @@
-"""Ray Train's per-worker entry point: built-in model (builtin_run.py) or custom code (sdk.py)."""
+"""A training worker's entry point: built-in model (builtin_run.py) or custom code (sdk.py).
+
+`train_worker` is Ray Train's train_loop_per_worker; `train_in_process` runs the same worker
+in the driver's own process (`kiln run` with one training worker, no Ray).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from kiln_api import TrainingJob
 from .checkpoint_fence import StaleWriter
 from .data.errors import SpecError
 from .events import SpecInvalid, Superseded
-from .worker import RunPaths, ray_worker_env
+from .worker import RunPaths, WorkerEnv, ray_worker_env
 
 log = logging.getLogger("kiln_trainer.training")
 
@@ -21,13 +25,25 @@ log = logging.getLogger("kiln_trainer.training")
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: the job and paths come in `config`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    env = ray_worker_env(config.get("channel"))
+    log.info("worker %d: torch threads %d (OMP_NUM_THREADS=%s)", env.rank, torch.get_num_threads(),
+             os.environ.get("OMP_NUM_THREADS"))
+    run_worker(config, env)
+
+
+def train_in_process(config: dict[str, Any], env: WorkerEnv) -> None:
+    """The one training worker of `kiln run`, in its own process (the driver's `env` holds an
+    in-process channel client). The process's logging is the command's, left as it is, and the
+    driver prints a setting error itself: the worker does not log it again."""
+    run_worker(config, env, log_errors=False)
+
+
+def run_worker(config: dict[str, Any], env: WorkerEnv, *, log_errors: bool = True) -> None:
+    """Train on this worker: `config` holds the job and paths (driver.worker_config)."""
     for entry in reversed(config.get("python_path") or []):
         if entry not in sys.path:
             sys.path.insert(0, entry)
     job = TrainingJob.model_validate(config["job"])
-    env = ray_worker_env(config.get("channel"))
-    log.info("worker %d: torch threads %d (OMP_NUM_THREADS=%s)", env.rank, torch.get_num_threads(),
-             os.environ.get("OMP_NUM_THREADS"))
     paths = RunPaths(checkpoint_dir=config["checkpoint_dir"], pvc_root=config["pvc_root"], model_path=config.get("model_path"),
                      run_id=config.get("run_id"))
     try:
@@ -42,9 +58,11 @@ def train_worker(config: dict[str, Any]) -> None:
     except StaleWriter as exc:
         # Retrying cannot help: the storage belongs to the newer driver now. Returning ends the run.
         env.emit(Superseded(message=str(exc)))
-        log.error("%s", exc)
+        if log_errors:
+            log.error("%s", exc)
     except SpecError as exc:
         # Every rank hits the same setting error; returning (not raising) keeps Ray Train from
         # retrying a job that cannot work, and the driver turns the event into exit code 2.
         env.emit(SpecInvalid(field=exc.field, message=str(exc)))
-        log.error("%s", exc)
+        if log_errors:
+            log.error("%s", exc)

@@ -58,3 +58,12 @@ app.kubernetes.io/component: operator
 {{- define "kiln.peering" -}}
 {{- if gt (int .Values.replicas) 1 }}true{{ end }}
 {{- end }}
+
+{{/* The cluster DNS pods' labels as the operator reads them: k=v,k2=v2 (sorted by key). */}}
+{{- define "kiln.dnsPodLabels" -}}
+{{- $pairs := list }}
+{{- range $key, $value := .Values.networkPolicy.dns.podLabels }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}

@@ -21,11 +21,20 @@ operator's code and compares both ways; tests/integration/monitoring checks a re
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "create", "delete"]
-# Secret (the job's Ray token, read back to reuse it), Service and NetworkPolicy are created
-# once and removed by the garbage collector with the job, never by the operator.
+# The job's Secret (its Ray token) is only ever created, with the pods that need it: a 409
+# says it exists, and the operator never reads a Secret. Like the Service and NetworkPolicy
+# (read by name to see whether they exist), it is removed by the garbage collector with the job.
 - apiGroups: [""]
-  resources: ["secrets", "services"]
+  resources: ["secrets"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["services"]
   verbs: ["get", "create"]
+# The job's ConfigMap (the job file the driver reads): read by name, and replaced (deleted) when
+# it holds an older accepted spec than the pods about to be created.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "create"]

@@ -10,10 +10,12 @@ from kiln_api import TrainingJob
 
 from ..settings import OperatorSettings
 from .head_pod import build_head_pod
+from .job_config import build_job_config
 from .labels import (
     HEAD,
     WORKER,
     head_pod_name,
+    job_config_name,
     job_labels,
     network_policy_name,
     secret_name,
@@ -24,35 +26,25 @@ from .labels import (
 )
 from .network_policy import build_network_policy
 from .owner import PLACEHOLDER_UID, owner_reference
-from .ports import DASHBOARD_PORT, GCS_PORT, RAY_METRICS_PORT
 from .secret import build_auth_secret
 from .service import build_head_service
 from .storage import StorageError, checkpoint_url
 from .table import CHILDREN, build_children
 from .worker_pod import build_worker_pod, build_worker_pods
 
-RESERVED_PORTS = {
-    GCS_PORT: "Ray GCS",
-    DASHBOARD_PORT: "Ray dashboard",
-    RAY_METRICS_PORT: "Ray metrics",
-}
-
 
 def cluster_problem(job: TrainingJob, settings: OperatorSettings) -> tuple[str, str] | None:
     """What makes a schema-valid job impossible to run on a cluster, as (reason, message)."""
+    # Ray's ports as the metrics port are refused by the API itself (kiln_api.spec.MetricsSpec).
     try:
         checkpoint_url(job, settings)
     except StorageError as exc:
         return exc.reason, exc.message
-    port = job.spec.metrics.port
-    if port in RESERVED_PORTS or 10002 <= port <= 19999:
-        used = RESERVED_PORTS.get(port, "Ray worker processes (10002-19999)")
-        return "InvalidSpec", f"spec.metrics.port: Invalid value: {port}: already used by {used} in the pods"
     return None
 
 
 def build_all(job: TrainingJob, settings: OperatorSettings, token: str) -> list[dict]:
-    """Every object in creation order, the table's: Secret, Service, NetworkPolicy, head pod, workers."""
+    """Every object in creation order, the table's: Secret, job ConfigMap, Service, NetworkPolicy, head pod, workers."""
     return build_children(job, settings, token)
 
 
@@ -66,11 +58,13 @@ __all__ = [
     "build_auth_secret",
     "build_head_pod",
     "build_head_service",
+    "build_job_config",
     "build_network_policy",
     "build_worker_pod",
     "build_worker_pods",
     "cluster_problem",
     "head_pod_name",
+    "job_config_name",
     "job_labels",
     "network_policy_name",
     "owner_reference",

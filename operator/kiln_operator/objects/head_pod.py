@@ -9,12 +9,12 @@ and the driver's final status JSON becomes the pod's termination message.
 
 from __future__ import annotations
 
-import json
 import math
 
 from kiln_api import TrainingJob
 
 from ..settings import OperatorSettings
+from .job_config import job_env_json, job_file_env, job_mount, job_volume
 from .labels import HEAD, head_pod_name
 from .pod_common import (
     TERMINATION_MESSAGE_PATH,
@@ -32,20 +32,9 @@ from .storage import checkpoint_dir
 PROBE_PERIOD_SECONDS = 5
 
 
-def job_env_json(job: TrainingJob) -> str:
-    """`KILN_JOB`: just what the driver needs to validate and run the job."""
-    document = {
-        "apiVersion": job.api_version,
-        "kind": job.kind,
-        "metadata": {"name": job.name, "namespace": job.namespace, "uid": job.metadata.uid},
-        "spec": job.spec.to_api(),
-    }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"))
-
-
 def head_script() -> str:
     args = [
-        "ray", "start", "--head", "--num-cpus=0", '--node-ip-address="$POD_IP"',
+        "ray", "start", "--head", "--num-cpus=0", "--num-gpus=0", '--node-ip-address="$POD_IP"',
         f"--port={GCS_PORT}", f"--metrics-export-port={RAY_METRICS_PORT}",
         "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}", "--disable-usage-stats",
     ]  # fmt: skip
@@ -76,7 +65,7 @@ def head_env(job: TrainingJob, settings: OperatorSettings) -> list[dict]:
     return [
         *ray_env(),
         *auth_env(job),
-        {"name": "KILN_JOB", "value": job_env_json(job)},
+        job_file_env(),  # the job as a file (objects/job_config.py): no exec size limit
         {"name": "KILN_RAY_ADDRESS", "value": "auto"},
         {"name": "KILN_CHECKPOINT_DIR", "value": checkpoint_dir(job, settings)},
         pvc_root_env(),
@@ -102,11 +91,14 @@ def build_head_pod(job: TrainingJob, settings: OperatorSettings) -> dict:
         resources=resources(head.cpus, head.memory),
         **head_probes(job),
     )
+    main["volumeMounts"].append(job_mount())
+    spec = pod_spec(job, settings, main, head.memory)
+    spec["volumes"].append(job_volume(job))
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": pod_metadata(job, head_pod_name(job), HEAD),
-        "spec": pod_spec(job, settings, main, head.memory),
+        "spec": spec,
     }
 
 

@@ -45,6 +45,11 @@ def secret_name(job: Named) -> str:
     return f"{job.name}-ray-auth"
 
 
+def job_config_name(job: Named) -> str:
+    """The ConfigMap holding the job as the driver reads it (`KILN_JOB_FILE`)."""
+    return f"{job.name}-job"
+
+
 def service_name(job: Named) -> str:
     return f"{job.name}-head"
 

@@ -5,8 +5,10 @@ are reachable only from the job's own pods: Ray's `/metrics` and the dashboard s
 unauthenticated even with token auth. The driver's metrics/status port is also open to
 the operator's namespace (it polls /status) and the Prometheus namespace (it scrapes).
 
-Egress is limited to the job's own pods and DNS, plus HTTPS (443, any destination) when
-any of the job's locations is on S3: S3 endpoints have no stable addresses to list.
+Egress is limited to the job's own pods and the cluster DNS pods (port 53 of the pods
+labelled `KILN_DNS_POD_LABELS`, default `k8s-app=kube-dns`, in `KILN_DNS_NAMESPACE`, default
+`kube-system`), plus HTTPS (443, any destination) when any of the job's locations is on S3
+(S3 endpoints have no stable addresses to list), plus what the job allows in `spec.network.egress`.
 """
 
 from __future__ import annotations
@@ -40,10 +42,25 @@ def _ingress(job: TrainingJob, settings: OperatorSettings) -> list[dict]:
 def _egress(job: TrainingJob, settings: OperatorSettings) -> list[dict]:
     rules: list[dict] = [
         {"to": [{"podSelector": {"matchLabels": job_selector(job)}}]},
-        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        {
+            "to": [{**_namespace_peer(settings.dns_namespace), "podSelector": {"matchLabels": dict(settings.dns_pod_labels)}}],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        },
     ]
     if uses_s3(job, settings):
         rules.append({"ports": [{"protocol": "TCP", "port": 443}]})
+    return rules + _allowed_egress(job)
+
+
+def _allowed_egress(job: TrainingJob) -> list[dict]:
+    """The job's own `spec.network.egress`: a destination CIDR, and its TCP ports (none listed: all)."""
+    extra = job.spec.network.egress if job.spec.network else []
+    rules = []
+    for allowed in extra:
+        rule: dict = {"to": [{"ipBlock": {"cidr": allowed.cidr}}]}
+        if allowed.ports:
+            rule["ports"] = [{"protocol": "TCP", "port": port} for port in allowed.ports]
+        rules.append(rule)
     return rules
 
 

@@ -18,20 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln_api import TrainingJob
-from kiln_api.storage_paths import PVC_SCHEME, is_pvc, pvc_local_path, split_pvc
+from kiln_api.job_checks import S3_SCHEME, StorageProblem, cluster_checkpoint_url
+from kiln_api.storage_paths import is_pvc, pvc_local_path, split_pvc
 
 from ..settings import OperatorSettings
 
-S3_SCHEME = "s3://"
-
-
-class StorageError(ValueError):
-    """The job's storage cannot be used on a cluster; `reason` is a CamelCase status reason."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+StorageError = StorageProblem  # the operator's name for it: a status reason plus a message
 
 
 @dataclass(frozen=True)
@@ -46,24 +38,9 @@ def local_location(url: str) -> str:
 
 
 def checkpoint_url(job: TrainingJob, settings: OperatorSettings) -> str:
-    """The shared-storage URL of the job's checkpoints; raises StorageError if there is none."""
-    storage = job.spec.checkpoint.storage
-    if not storage:
-        default = settings.default_checkpoint_storage
-        if not default:
-            raise StorageError(
-                "NoCheckpointStorage",
-                "spec.checkpoint.storage: Required value: set a pvc:// or s3:// location; "
-                "this operator has no default checkpoint storage configured",
-            )
-        return f"{default.rstrip('/')}/{job.namespace}/{job.name}"
-    if not storage.startswith((PVC_SCHEME, S3_SCHEME)):
-        raise StorageError(
-            "CheckpointStorageNotShared",
-            f"spec.checkpoint.storage: Invalid value: {storage!r}: a path inside the pod does not survive "
-            "the loss of the head pod; use shared storage (pvc://claim/path or s3://bucket/prefix)",
-        )
-    return storage
+    """The shared-storage URL of the job's checkpoints; raises StorageError if there is none
+    (the rule `kiln validate` applies too: kiln_api.job_checks)."""
+    return cluster_checkpoint_url(job, settings.default_checkpoint_storage)
 
 
 def checkpoint_dir(job: TrainingJob, settings: OperatorSettings) -> str:

@@ -5,6 +5,13 @@ client's REST paths (`kube.RESOURCES`), creation waves (`apply.ensure_created`) 
 chart's RBAC test all iterate `CHILDREN`, so adding an object per job is its builder and
 one row here. The Service row comes before any pod row: Kubernetes injects a Service's
 link variables only into pods created after it, and workers find the head through them.
+
+Two kinds of row are special. The Secret is never read back (`read_back=False`): the operator
+has no `get` on Secrets, so it creates the Secret whenever it creates pods (which need it) and
+takes 409 AlreadyExists as "it exists"; being immutable, it keeps the token it was made with.
+The job's ConfigMap is built from the spec the pods run (`from_pods_spec`), and it is what the
+head pod mounts: one left from an older accepted spec (annotation `kiln.dev/spec-hash`) is
+deleted, and the pods wait, before new pods are created to read it.
 """
 
 from __future__ import annotations
@@ -17,7 +24,16 @@ from kiln_api import TrainingJob
 
 from ..settings import OperatorSettings
 from .head_pod import build_head_pod
-from .labels import Named, head_pod_name, network_policy_name, secret_name, service_name, worker_pod_name
+from .job_config import build_job_config
+from .labels import (
+    Named,
+    head_pod_name,
+    job_config_name,
+    network_policy_name,
+    secret_name,
+    service_name,
+    worker_pod_name,
+)
 from .network_policy import build_network_policy
 from .secret import build_auth_secret
 from .service import build_head_service
@@ -59,7 +75,13 @@ class Child:
     wave: int = 0  # objects of one wave are created together, waves in order: pods wait for what they use
     listed: bool = False  # observed by one label-selected LIST of the job's objects instead of a GET by name
     from_pods_spec: bool = False  # built from the spec the pods were accepted with, not the current one
+    read_back: bool = True  # False: never read; created with the pods that use it (409 = it exists)
     wanted: Callable[[TrainingJob, OperatorSettings], bool] = always
+
+    @property
+    def replaced_when_stale(self) -> bool:
+        """Read by name and built from the pods' spec: deleted when it holds another spec than pods about to be created."""
+        return self.from_pods_spec and self.read_back and not self.listed
 
     def indices(self, job: TrainingJob) -> range:
         return range(job.spec.workers.replicas) if self.scope is Scope.WORKER else range(1)
@@ -87,6 +109,11 @@ def per_job_builder(build: Callable[[TrainingJob, OperatorSettings], dict]) -> B
 AUTH_SECRET = Child(
     "Secret", "v1", "secrets", per_job_name(secret_name),
     lambda inputs, _index: build_auth_secret(inputs.job, inputs.settings, inputs.token),
+    read_back=False,
+)  # fmt: skip
+JOB_CONFIG = Child(
+    "ConfigMap", "v1", "configmaps", per_job_name(job_config_name), per_job_builder(build_job_config),
+    from_pods_spec=True,
 )  # fmt: skip
 HEAD_SERVICE = Child("Service", "v1", "services", per_job_name(service_name), per_job_builder(build_head_service))
 NETWORK_POLICY = Child(
@@ -104,7 +131,7 @@ WORKER_PODS = Child(
 )  # fmt: skip
 
 # Creation order.
-CHILDREN: tuple[Child, ...] = (AUTH_SECRET, HEAD_SERVICE, NETWORK_POLICY, HEAD_POD, WORKER_PODS)
+CHILDREN: tuple[Child, ...] = (AUTH_SECRET, JOB_CONFIG, HEAD_SERVICE, NETWORK_POLICY, HEAD_POD, WORKER_PODS)
 
 
 def build_children(job: TrainingJob, settings: OperatorSettings, token: str) -> list[dict]:
@@ -128,6 +155,7 @@ __all__ = [
     "CHILDREN",
     "HEAD_POD",
     "HEAD_SERVICE",
+    "JOB_CONFIG",
     "NETWORK_POLICY",
     "WORKER_PODS",
     "Child",

@@ -1,4 +1,8 @@
-"""Worker pods: one Ray worker node each, hosting one training worker.
+"""Worker pods: one Ray worker node each, hosting one training worker per GPU (one on CPU).
+
+A pod with `gpusPerWorker: N` advertises N GPUs and its CPUs to Ray (`ray start --num-gpus=N
+--num-cpus=...`), and the driver's Ray Train runs N workers of one GPU and cpusPerWorker/N CPUs
+there (`kiln_api.topology`): `--num-cpus` rounds the pod's CPUs up, so the N shares always fit.
 
 Workers find the head through the docker-link variables Kubernetes injects for the head
 Service (`<JOB>_HEAD_SERVICE_HOST`, `<JOB>_HEAD_SERVICE_PORT_GCS`; `enableServiceLinks:

@@ -62,7 +62,7 @@ def _play_scenario(stack: MonitoringStack) -> None:
         stack.restart_head(restarts)
         wait_for(lambda: stack.job_status().get("phase") == "Running", 120, "Running again after a restart")
     operator_metrics = f"http://127.0.0.1:{stack.operator_metrics_port}/metrics"
-    stack.api.inject_faults(1.0, status=500, verbs={"get"}, resources={"secrets"})
+    stack.api.inject_faults(1.0, status=500, verbs={"get"}, resources={"services"})
     try:
         wait_for(lambda: _metric(operator_metrics, "kiln_reconcile_errors_total") >= 3, 60, "reconcile errors")
     finally:

@@ -11,6 +11,11 @@ from collections.abc import Iterator
 import pytest
 from kiln_trainer.driver import LOCAL_HEALTH_CHECK_INTERVAL_S
 
+# A custom Ray resource standing in for GPUs on machines without any (test_one_worker_per_gpu.py): Ray
+# schedules it like GPUs, without CUDA. Two of them, as on a worker pod with gpusPerWorker: 2.
+FAKE_GPU = "fake_gpu"
+FAKE_GPUS = 2
+
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
@@ -20,7 +25,7 @@ def ray_cluster() -> Iterator[None]:
     temp_dir = tempfile.mkdtemp(prefix="kt-", dir="/tmp")
     # As `kiln run` does for its own local cluster (see kiln_trainer.driver.connect_ray).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", LOCAL_HEALTH_CHECK_INTERVAL_S)
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp_dir,
+    ray.init(num_cpus=2, num_gpus=0, resources={FAKE_GPU: FAKE_GPUS}, include_dashboard=False, _temp_dir=temp_dir,
              logging_level=logging.WARNING, log_to_driver=False)
     try:
         yield

@@ -6,45 +6,51 @@ import dataclasses
 import io
 import json
 import logging
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from kiln_api.status import Phase
 from kiln_trainer.console import progress_line
 from kiln_trainer.curves import plot_curves
-from kiln_trainer.driver import capacity_message, log_epochs, workers_that_fit
+from kiln_trainer.driver import (
+    MAX_JOB_FILE_BYTES,
+    DriverOptions,
+    JobRunner,
+    capacity_message,
+    load_job_from_env,
+    log_epochs,
+    main,
+)
 from kiln_trainer.events import CheckpointSaved, EpochEnded, Finished, Started, StepProgress
 from kiln_trainer.local import LocalOutputs, load_manifest
-from kiln_trainer.metrics import KilnMetrics, MetricsServer, start_server
+from kiln_trainer.metrics import IDLE_TIMEOUT_S, MAX_CONNECTIONS, KilnMetrics, MetricsServer, start_server
 from kiln_trainer.status_json import compact_status, driver_status_json
 from kiln_trainer.status_reducer import apply_event, initial_status
 
 from tests.support.ports import free_port
 from tests.support.trainer_helpers import http_get, job, manifest
+from tests.support.waiting import wait_for
 
 EPOCH = EpochEnded(epoch=2, step=40, metrics={"train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9},
                    samples_per_second=1000.0, epoch_seconds=2.0, checkpoint_stall_seconds=0.01,
                    early_stopping={"metric": "val_loss", "current": 0.4, "best": 0.4, "wait": 0, "patience": 3})
 
 
-@pytest.mark.parametrize(
-    ("nodes", "cpus", "gpus", "expected"),
-    [
-        ([{"CPU": 2.0}], 1.0, 0, 2),
-        ([{"CPU": 3.0}], 2.0, 0, 1),
-        ([{"CPU": 0.0}, {"CPU": 1.0}, {"CPU": 1.0}], 1.0, 0, 2),  # a head with --num-cpus=0 holds none
-        ([{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0}], 1.0, 1, 1),
-        ([{"CPU": 1.5}, {"CPU": 1.5}], 1.0, 0, 2),  # a worker never spans nodes
-        ([], 1.0, 0, 0),
-    ],
-)
-def test_workers_that_fit_counts_per_node(nodes, cpus, gpus, expected):
-    assert workers_that_fit(nodes, cpus, gpus) == expected
-
-
 def test_capacity_message_names_the_field_and_the_numbers():
     message = capacity_message(job("big", {"workers": {"replicas": 8, "gpusPerWorker": 1}}), 1, [{"CPU": 4.0, "GPU": 1.0}])
     assert message.startswith("spec.workers.replicas: 8 workers of 1 CPU + 1 GPU each")
     assert "can hold 1" in message and "4 CPU/1 GPU" in message
+
+
+def test_capacity_message_counts_training_workers_when_a_pod_runs_one_per_gpu():
+    message = capacity_message(job("big", {"workers": {"replicas": 2, "cpusPerWorker": 8, "gpusPerWorker": 4}}), 3,
+                               [{"CPU": 16.0, "GPU": 3.0}])
+    assert message.startswith("spec.workers.replicas: 2 workers of 8 CPU + 4 GPU each "
+                              "(8 training workers of 2 CPU + 1 GPU, one per GPU) do not fit")
+    assert "can hold 3 training workers (nodes: 16 CPU/3 GPU)" in message
 
 
 def test_head_pod_logs_one_progress_line_per_epoch_and_nothing_else(caplog):
@@ -133,6 +139,133 @@ def test_http_server_serves_metrics_status_healthz_and_404():
             http_get(base + "/nope")
     finally:
         server.stop()
+
+
+@contextmanager
+def idle_clients(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """`count` connections that never send a byte; closed on exit."""
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            client = socket.create_connection(("127.0.0.1", port), timeout=5)
+            client.setblocking(True)  # MSG_DONTWAIT then tells "open, nothing to read" from "closed"
+            clients.append(client)
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+
+
+def closed_by_server(client: socket.socket) -> bool:
+    try:
+        return client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # open, nothing to read
+    except OSError:
+        return True  # reset
+
+
+def handler_threads() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name.startswith("Thread-") and "process_request" in thread.name)
+
+
+def test_the_server_bounds_connections_by_default():
+    assert (IDLE_TIMEOUT_S, MAX_CONNECTIONS) == (10.0, 32)
+    server = start_server(KilnMetrics("j", "ns"), dict, 0, fallback=False, host="127.0.0.1")
+    try:
+        assert server.httpd.RequestHandlerClass.timeout == IDLE_TIMEOUT_S
+    finally:
+        server.stop()
+
+
+def test_idle_connections_are_closed_within_the_timeout_and_their_threads_end():
+    # 300 clients that connect and say nothing held 300 threads for as long as they liked.
+    before = handler_threads()
+    server = MetricsServer(KilnMetrics("j", "ns"), dict, 0, host="127.0.0.1", idle_timeout=1.0).start()
+    try:
+        with idle_clients(server.port, 300) as clients:
+            assert handler_threads() - before <= MAX_CONNECTIONS
+            wait_for(lambda: all(closed_by_server(c) for c in clients), 1.0 + 4.0, "every idle connection to be closed",
+                     on_timeout=lambda: f"{sum(not closed_by_server(c) for c in clients)} still open")
+            wait_for(lambda: handler_threads() <= before, 5.0, "the handler threads to end",
+                     on_timeout=lambda: f"{handler_threads() - before} handler threads left")
+        # Still serving once the idle clients are gone.
+        assert http_get(f"http://127.0.0.1:{server.port}/healthz") == (200, "ok\n")
+    finally:
+        server.stop()
+
+
+def test_connections_beyond_the_cap_are_closed_at_once():
+    before = handler_threads()
+    server = MetricsServer(KilnMetrics("j", "ns"), dict, 0, host="127.0.0.1", idle_timeout=60.0, max_connections=4).start()
+    try:
+        with idle_clients(server.port, 10) as clients:
+            wait_for(lambda: sum(closed_by_server(c) for c in clients) == 6, 5.0, "the 6 connections over the cap to be closed")
+            assert handler_threads() - before == 4
+            assert not any(closed_by_server(c) for c in clients[:4])  # the first 4 are being served
+        wait_for(lambda: handler_threads() <= before, 5.0, "the handler threads to end once their clients left")
+        assert http_get(f"http://127.0.0.1:{server.port}/healthz") == (200, "ok\n")
+    finally:
+        server.stop()
+
+
+def test_a_busy_port_in_the_pod_still_ends_with_a_failed_termination_message(tmp_path):
+    # In the pod there is no fallback port: the driver must still say why it ends, for the operator.
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        message = tmp_path / "termination-log"
+        options = DriverOptions(checkpoint_dir=str(tmp_path / "ckpt"), ray_address="auto", port=port,
+                                port_fallback=False, termination_message_path=str(message))
+        assert JobRunner(job("busy"), options).run() == 1
+    report = json.loads(message.read_text())
+    assert report["phase"] == "Failed" and report["reason"] == "MetricsPortUnavailable"
+    assert f"port {port}" in report["message"] and report["message"].startswith("spec.metrics.port")
+
+
+def _job_document(name: str = "filed") -> dict:
+    return {**manifest(name), "metadata": {"name": name, "namespace": "team-a", "uid": "u-1"}}
+
+
+def test_the_job_is_read_from_the_file_kiln_job_file_names(tmp_path):
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(_job_document()))
+    assert load_job_from_env({"KILN_JOB_FILE": str(path)}).name == "filed"
+    # The file wins over the variable; the variable alone still works (older operators).
+    assert load_job_from_env({"KILN_JOB_FILE": str(path), "KILN_JOB": json.dumps(_job_document("env"))}).name == "filed"
+    assert load_job_from_env({"KILN_JOB": json.dumps(_job_document("env"))}).name == "env"
+
+
+def test_a_job_file_larger_than_exec_allows_for_one_variable_is_read(tmp_path):
+    # Linux refuses an environment string over 128 KiB; a file has no such limit (a ConfigMap: 1 MiB).
+    document = _job_document()
+    document["metadata"]["annotations"] = {"example.com/notes": "x" * 140_000}
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(document))
+    assert path.stat().st_size > 128 * 1024
+    assert load_job_from_env({"KILN_JOB_FILE": str(path)}).name == "filed"
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"{" + b" " * MAX_JOB_FILE_BYTES + b"}", "larger than"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"{not json", "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested"),
+        (None, "cannot read"),
+    ],
+    ids=["oversized", "not-utf8", "not-json", "deep", "missing"],
+)
+def test_a_bad_job_file_is_an_invalid_job(tmp_path, capsys, content, words):
+    path = tmp_path / "job.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=words):
+        load_job_from_env({"KILN_JOB_FILE": str(path)})
+    assert main({"KILN_JOB_FILE": str(path)}) == 2  # refused before any Ray or port is touched
+    assert "KILN_JOB_FILE" in capsys.readouterr().err
 
 
 def test_busy_port_falls_back_only_when_allowed():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from kiln_trainer.builtin_run import run_training
 from kiln_trainer.checkpoints import CheckpointStore
+from kiln_trainer.events import Started
 from kiln_trainer.models import build_model
 from kiln_trainer.worker import RunPaths, WorkerEnv
 
@@ -155,3 +156,91 @@ def test_rerun_after_the_last_epoch_finishes_without_training_again(tmp_path):
     assert_trained(again, paths)
     assert again["epoch"] == 2 and len(again["history"]) == 2
     assert again["metrics"]["test_accuracy"] == first["metrics"]["test_accuracy"]
+
+
+class Recorder(WorkerEnv):
+    """A world-size-1 environment that keeps the events rank 0 sends and can ask to stop after N epochs."""
+
+    def __init__(self, stop_after=None):
+        super().__init__()
+        self.events, self.stop_after, self.epochs = [], stop_after, 0
+
+    def emit(self, event):
+        self.events.append(event)
+
+    emit_final = emit
+
+    def stop_requested(self):
+        self.epochs += 1
+        return self.stop_after is not None and self.epochs >= self.stop_after
+
+
+def run(tmp_path, name, spec_changes, env=None, subdir="run"):
+    paths = RunPaths(str(tmp_path / subdir / "ckpt"), str(tmp_path), str(tmp_path / subdir / "model.pt"))
+    return run_training(job(name, spec_changes), env or Recorder(), paths), paths
+
+
+def same_tensors(a_path, b_path):
+    a, b = torch.load(a_path, weights_only=True), torch.load(b_path, weights_only=True)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"data": {"augmentation": {"gaussianNoise": 0.1}}},
+        {"model": {"architecture": "cnn", "hiddenUnits": [4, 8]},
+         "data": {"augmentation": {"horizontalFlip": True, "randomCrop": 1, "rotation": 10, "colorJitter": 0.2}}},
+    ],
+)
+def test_device_and_host_placement_train_identically(tmp_path, changes):
+    results = {}
+    for placement in ("device", "host"):
+        spec = {**SHORT, **changes, "data": {**changes["data"], "placement": placement}}
+        env = Recorder()
+        results[placement] = (*run(tmp_path, f"place-{placement}", spec, env, subdir=placement), env)
+    (dev, dev_paths, dev_env), (host, host_paths, host_env) = results["device"], results["host"]
+    assert dev["history"] == host["history"] and dev["metrics"] == host["metrics"]
+    assert same_tensors(dev_paths.model_path, host_paths.model_path)
+    started = [e for e in dev_env.events if isinstance(e, Started)], [e for e in host_env.events if isinstance(e, Started)]
+    assert started[0][0].data_placement == "device" and started[1][0].data_placement == "host"
+    assert "placement: device" in started[0][0].message and "placement: host" in started[1][0].message
+
+
+def test_the_default_placement_on_cpu_is_the_device_and_is_reported(tmp_path):
+    env = Recorder()
+    result, _ = run(tmp_path, "auto", SHORT, env)
+    started = next(e for e in env.events if isinstance(e, Started))
+    assert started.data_placement == "device" and started.train_rows == 1257
+    assert "placement: device (training split of 1257 rows" in started.message
+    status = status_after(env.events)
+    assert status.progress.data_placement.value == "device" and status.progress.train_rows == 1257
+    assert result["outcome"] == "completed"
+
+
+def status_after(events):
+    from kiln_trainer.status_reducer import apply_event, initial_status
+
+    status, seconds = initial_status(2), []
+    for event in events:
+        status = apply_event(status, event, seconds)
+    return status
+
+
+def test_resumed_training_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    # Dropout, batch norm, noise augmentation, warm-up and cosine: every random stream and every
+    # piece of state a resume has to restore exactly.
+    spec = {"workers": {"replicas": 1}, "model": {"dropout": 0.2, "batchNorm": True},
+            "data": {"augmentation": {"gaussianNoise": 0.1}},
+            "hyperparameters": {"epochs": 4, "batchSize": 128, "lrSchedule": {"type": "cosine", "warmupEpochs": 1}},
+            "checkpoint": {"keep": 2}}
+    straight, straight_paths = run(tmp_path, "bits", spec, subdir="straight")
+    stopped, paths = run(tmp_path, "bits", spec, Recorder(stop_after=2), subdir="resumed")
+    assert stopped["outcome"] == "interrupted" and stopped["epoch"] == 2
+    env = Recorder()
+    resumed, paths = run(tmp_path, "bits", spec, env, subdir="resumed")
+    assert next(e for e in env.events if isinstance(e, Started)).epoch == 2  # it did resume
+    assert resumed["outcome"] == straight["outcome"] == "completed"
+    assert resumed["history"] == straight["history"] and len(resumed["history"]) == 4
+    assert resumed["metrics"] == straight["metrics"]
+    assert same_tensors(paths.model_path, straight_paths.model_path)

@@ -117,3 +117,25 @@ def test_validate_reads_standard_input_for_a_dash():
     assert result.returncode == 1
     assert "OK good (-:doc1)" in result.stdout
     assert "-:doc2: metadata.name: " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "workers", "use_ray"),
+    [(["run", "job.yaml"], None, False), (["run", "job.yaml", "--workers", "3"], 3, False),
+     (["run", "job.yaml", "--workers", "1", "--ray"], 1, True)],
+)
+def test_run_passes_workers_and_ray_to_the_trainer(monkeypatch, argv, workers, use_ray):
+    import kiln_trainer.local
+    from kiln_cli.main import main
+
+    calls = []
+    monkeypatch.setattr(kiln_trainer.local, "run_local_cli",
+                        lambda file, output, workers, use_ray=False: calls.append((file, output, workers, use_ray)) or 0)
+    assert main(argv) == 0
+    assert calls == [("job.yaml", "kiln-runs", workers, use_ray)]
+
+
+def test_run_help_names_the_ray_flag_and_the_local_default():
+    result = kiln("run", "--help")
+    assert result.returncode == 0
+    assert "--ray" in result.stdout and "as many as this machine holds" in result.stdout

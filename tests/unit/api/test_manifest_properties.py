@@ -356,7 +356,8 @@ def test_twisted_strings():
         check_property(manifest, outcomes)
 
     run()
-    assert outcomes["accepted"] >= TWIST_EXAMPLES // 10 and outcomes["refused"] >= TWIST_EXAMPLES // 2, outcomes
+    # Both outcomes must be exercised; about one twist in ten leaves a value valid.
+    assert outcomes["accepted"] >= 5 and outcomes["refused"] >= TWIST_EXAMPLES // 2, outcomes
 
 
 def test_every_string_field_has_a_seed():

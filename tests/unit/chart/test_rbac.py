@@ -21,7 +21,7 @@ import kiln_api
 import kiln_operator.kube as kube_module
 import pytest
 from kiln_api import API_GROUP, PLURAL
-from kiln_operator.objects.table import CHILDREN, Child
+from kiln_operator.objects.table import CHILDREN, HEAD_SERVICE, Child
 
 from tests.support.chart import ROOT, find, render_objects
 
@@ -54,13 +54,16 @@ def _kind(node: ast.AST | None) -> str | None:
 
 def table_kinds(table: Sequence[Child], verb: str) -> set[str]:
     """Kinds the operator handles by iterating its child table: it creates every row's objects,
-    LISTs the kinds of listed rows and GETs the others by name (observe.read_children)."""
+    LISTs the kinds of listed rows, GETs the others by name unless they are never read back
+    (observe.read_children), and deletes those it replaces when stale (phases.ensure_objects)."""
     if verb == "create":
         return {row.kind for row in table}
     if verb == "list":
         return {row.kind for row in table if row.listed}
     if verb == "get":
-        return {row.kind for row in table if not row.listed}
+        return {row.kind for row in table if not row.listed and row.read_back}
+    if verb == "delete":
+        return {row.kind for row in table if row.replaced_when_stale}
     return set()
 
 
@@ -212,7 +215,8 @@ def test_derivation_finds_the_calls_a_real_run_makes() -> None:
     # derivation must find at least these, or it is not reading the code it claims to.
     observed = {
         ("", "events", "create"), ("", "pods", "create"), ("", "pods", "list"), ("", "pods", "watch"),
-        ("", "secrets", "create"), ("", "secrets", "get"), ("", "services", "create"), ("", "services", "get"),
+        ("", "secrets", "create"), ("", "services", "create"), ("", "services", "get"),
+        ("", "configmaps", "create"), ("", "configmaps", "get"),
         ("kiln.dev", "trainingjobs", "get"), ("kiln.dev", "trainingjobs", "list"), ("kiln.dev", "trainingjobs", "patch"),
         ("kiln.dev", "trainingjobs", "watch"), ("kiln.dev", "trainingjobs/status", "patch"),
         ("networking.k8s.io", "networkpolicies", "create"), ("networking.k8s.io", "networkpolicies", "get"),
@@ -245,10 +249,14 @@ def test_watch_namespaces_grants_the_same_calls_per_namespace_and_nothing_cluste
         ("team-a", "kiln", "kiln"), ("team-b", "kiln", "kiln")}
 
 
-def test_secrets_are_never_listed_watched_updated_or_patched() -> None:
-    verbs = {v for g, r, v in granted(find(render_objects({}), "ClusterRole")[0]["rules"]) if r == "secrets"}
-    assert verbs <= {"get", "create", "delete"}
-    assert not verbs & {"list", "watch", "update", "patch"}
+def test_secrets_are_only_ever_created_never_read() -> None:
+    # The operator needs no token back: the Secret is created with the pods, 409 means it exists.
+    for values in ({}, {"watchNamespaces": ["team-a"]}):
+        objects = render_objects(values)
+        for role in find(objects, "ClusterRole") + find(objects, "Role"):
+            verbs = {v for g, r, v in granted(role["rules"]) if r == "secrets"}
+            assert verbs == {"create"}, role["metadata"]["name"]
+    assert ("", "secrets", "get") not in operator_calls()
 
 
 def test_client_call_derivation_reads_literal_and_planned_kinds() -> None:
@@ -286,11 +294,12 @@ def test_client_call_derivation_reads_constant_kinds_and_the_child_table() -> No
         '    kube.list(kind, "ns")\n'
         '    kube.create(obj)\n'
     )
-    table = [CHILDREN[0], *[row for row in CHILDREN if row.listed][:1]]  # the Secret (by name), pods (listed)
-    assert {row.kind for row in table} == {"Secret", "Pod"}
+    # The Secret (never read back), the Service (by name), pods (listed).
+    table = [CHILDREN[0], HEAD_SERVICE, *[row for row in CHILDREN if row.listed][:1]]
+    assert {row.kind for row in table} == {"Secret", "Service", "Pod"} and not CHILDREN[0].read_back
     assert client_calls({Path("x.py"): ast.parse(source)}, table) == {
-        ("kiln.dev", "trainingjobs", "patch"), ("", "secrets", "get"), ("", "pods", "list"),
-        ("", "secrets", "create"), ("", "pods", "create"),
+        ("kiln.dev", "trainingjobs", "patch"), ("", "services", "get"), ("", "pods", "list"),
+        ("", "secrets", "create"), ("", "services", "create"), ("", "pods", "create"),
     }
 
 
@@ -299,4 +308,7 @@ def test_every_child_kind_is_created_and_observed() -> None:
     for row in CHILDREN:
         group, plural = _group_plural(row.kind)
         assert (group, plural, "create") in calls
-        assert (group, plural, "list" if row.listed else "get") in calls
+        if row.read_back:
+            assert (group, plural, "list" if row.listed else "get") in calls
+        if row.replaced_when_stale:
+            assert (group, plural, "delete") in calls

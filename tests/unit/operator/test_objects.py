@@ -15,6 +15,7 @@ from kiln_operator.objects import (
     PLACEHOLDER_UID,
     build_all,
     build_head_pod,
+    build_job_config,
     build_network_policy,
     build_worker_pod,
     cluster_problem,
@@ -123,7 +124,7 @@ def test_names_are_deterministic_and_follow_the_contract():
     first, second = build_all(job, SETTINGS, "t"), build_all(job, SETTINGS, "t")
     assert first == second
     assert [f"{o['kind']}/{o['metadata']['name']}" for o in first] == [
-        "Secret/demo-ray-auth", "Service/demo-head", "NetworkPolicy/demo", "Pod/demo-head",
+        "Secret/demo-ray-auth", "ConfigMap/demo-job", "Service/demo-head", "NetworkPolicy/demo", "Pod/demo-head",
         "Pod/demo-worker-0", "Pod/demo-worker-1", "Pod/demo-worker-2",
     ]  # fmt: skip
 
@@ -171,8 +172,19 @@ def test_head_environment_follows_the_contract():
     assert env["KILN_CHECKPOINT_DIR"] == "/mnt/kiln/pvc/ckpt/exp1"
     assert env["KILN_PVC_ROOT"] == "/mnt/kiln/pvc"
     assert env["KILN_TERMINATION_MESSAGE_PATH"] == "/dev/termination-log"
-    recorded = TrainingJob.model_validate(json.loads(env["KILN_JOB"]))
+    assert "KILN_JOB" not in env  # a long job would exceed exec's 128 KiB per string: it comes as a file
+    pod = build_head_pod(job, SETTINGS)
+    config = build_job_config(job, SETTINGS)
+    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if env["KILN_JOB_FILE"].startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == config["metadata"]["name"] == "demo-job"
+    key = env["KILN_JOB_FILE"][len(mount["mountPath"]) + 1:]
+    assert [item["key"] for item in volume["configMap"]["items"]] == [key]
+    recorded = TrainingJob.model_validate(json.loads(config["data"][key]))
     assert recorded.spec == job.spec and recorded.name == "demo" and recorded.namespace == "team-a"
+    assert config["immutable"] is True
+    assert config["metadata"]["annotations"]["kiln.dev/spec-hash"] == spec_hash(job)
 
 
 @pytest.mark.parametrize(
@@ -214,6 +226,35 @@ def test_network_policy_limits_ray_to_the_jobs_pods(variant: str, https: bool):
     ports = [p for rule in policy["egress"] for p in rule.get("ports", [])]
     assert {"protocol": "UDP", "port": 53} in ports
     assert ({"protocol": "TCP", "port": 443} in ports) is https
+    # Port 53 only towards the cluster DNS pods, not to any address (a DNS tunnel out of the cluster).
+    dns = [rule for rule in policy["egress"] if {"protocol": "UDP", "port": 53} in rule.get("ports", [])]
+    assert dns == [{
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }]  # fmt: skip
+    assert all(rule.get("to") for rule in policy["egress"] if rule.get("ports") != [{"protocol": "TCP", "port": 443}])
+
+
+def test_dns_egress_follows_the_operator_settings():
+    settings = OperatorSettings.from_env({"KILN_DNS_NAMESPACE": "dns", "KILN_DNS_POD_LABELS": "app=coredns,tier=dns",
+                                          "KILN_DEFAULT_CHECKPOINT_STORAGE": "pvc://c"})
+    policy = build_network_policy(make_job(), settings)
+    kubernetes_validate.validate(policy, "1.30", strict=True)
+    peers = [peer for rule in policy["spec"]["egress"] for peer in rule.get("to", []) if "namespaceSelector" in peer]
+    assert peers == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns"}},
+                      "podSelector": {"matchLabels": {"app": "coredns", "tier": "dns"}}}]
+
+
+def test_the_head_service_publishes_only_what_workers_need_gcs():
+    # Workers join through the link variables of the `gcs` port; Ray then talks pod to pod, the
+    # operator and Prometheus reach the pod's IP. The dashboard and metrics ports stay unpublished.
+    from kiln_operator.objects import build_head_service
+
+    service = build_head_service(make_job(), SETTINGS)
+    assert service["spec"]["ports"] == [{"name": "gcs", "port": 6379, "targetPort": 6379, "protocol": "TCP"}]
+    head = build_head_pod(make_job(), SETTINGS)["spec"]["containers"][0]
+    assert "metrics" in {port["name"] for port in head["ports"]}  # what the chart's PodMonitor scrapes
 
 
 @pytest.mark.parametrize("role", ["head", "worker"])
@@ -266,3 +307,16 @@ def test_worker_probe_reports_whether_the_head_accepts_connections():
         command = [sys.executable, *probe[1:]]  # the image's `python`, here this interpreter
         assert subprocess.run(command, env=env, capture_output=True, timeout=30).returncode == 0
     assert subprocess.run(command, env=env, capture_output=True, timeout=30).returncode != 0
+
+
+def test_network_policy_adds_the_egress_the_job_allows_and_nothing_else():
+    job = make_job(network={"egress": [{"cidr": "10.20.0.0/16", "ports": [443, 8443]}, {"cidr": "2001:db8::/32"}]})
+    policy = build_network_policy(job, SETTINGS)
+    kubernetes_validate.validate(policy, NEWEST, strict=True)
+    extra = [rule for rule in policy["spec"]["egress"] if any("ipBlock" in peer for peer in rule.get("to", []))]
+    assert extra == [
+        {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 8443}]},
+        {"to": [{"ipBlock": {"cidr": "2001:db8::/32"}}]},
+    ]
+    default = build_network_policy(make_job(), SETTINGS)["spec"]["egress"]
+    assert policy["spec"]["egress"][: len(default)] == default

@@ -11,7 +11,9 @@ from kiln_operator.objects.labels import SPEC_HASH_ANNOTATION
 
 from tests.support.in_memory_cluster import T0, Cluster, condition, job_manifest, running_cluster, stamp
 
-ORDER = ["Secret/demo-ray-auth", "Service/demo-head", "NetworkPolicy/demo", "Pod/demo-head", "Pod/demo-worker-0", "Pod/demo-worker-1"]
+SECRET = "Secret/demo-ray-auth"  # never read back: it goes out with every pod created (409 when it exists)
+ORDER = [SECRET, "ConfigMap/demo-job", "Service/demo-head", "NetworkPolicy/demo", "Pod/demo-head", "Pod/demo-worker-0",
+         "Pod/demo-worker-1"]
 
 
 def names(objects: list[dict]) -> list[str]:
@@ -25,7 +27,7 @@ def test_fresh_job_creates_every_object_in_order_and_is_pending():
     assert decision.delete == []
     assert decision.status["phase"] == "Pending"
     assert decision.status["observedGeneration"] == 1
-    assert decision.status["workers"] == {"desired": 2, "ready": 0, "summary": "0/2"}
+    assert decision.status["workers"] == {"desired": 2, "ready": 0, "trainingWorkers": 2, "summary": "0/2"}
     assert decision.status["progress"]["summary"] == "0/5"
     assert ("Normal", "Creating", decision.events[0][2]) == decision.events[0]
     assert [c["type"] for c in decision.status["conditions"]] == list(CONDITION_TYPES)
@@ -160,7 +162,7 @@ def test_lost_worker_is_replaced_and_only_that_worker(how: str):
         assert decision.create == []
         decision = cluster.step()
         events += decision.events
-    assert names(decision.create) == ["Pod/demo-worker-1"]
+    assert names(decision.create) == [SECRET, "Pod/demo-worker-1"]
     assert decision.status["phase"] == "Running"
     assert decision.status["restarts"] == 0
     failed = [("Warning", "WorkerFailed")] if how != "deleted" else []
@@ -190,7 +192,7 @@ def test_lost_head_tears_down_counts_a_restart_then_rebuilds_after_backoff(how: 
     assert waiting.create == [] and waiting.status["phase"] == "Restarting"
     cluster.tick(cluster.settings.restart_backoff_seconds / 2)
     rebuilt = cluster.step()
-    assert names(rebuilt.create) == ["Pod/demo-head", "Pod/demo-worker-0", "Pod/demo-worker-1"]
+    assert names(rebuilt.create) == [SECRET, "Pod/demo-head", "Pod/demo-worker-0", "Pod/demo-worker-1"]
     assert rebuilt.status["phase"] == "Pending"
     assert rebuilt.status["restarts"] == 1
 
@@ -301,7 +303,7 @@ def test_suspend_deletes_pods_and_resume_recreates_them():
     assert cluster.step().delete == []
     cluster.job["spec"]["suspend"] = False
     resumed = cluster.step()
-    assert names(resumed.create) == ["Pod/demo-head", "Pod/demo-worker-0", "Pod/demo-worker-1"]
+    assert names(resumed.create) == [SECRET, "Pod/demo-head", "Pod/demo-worker-0", "Pod/demo-worker-1"]
     assert resumed.status["phase"] == "Pending"
     assert condition(resumed.status, "Suspended")["reason"] == "Resumed"
     assert resumed.status["restarts"] == 0
@@ -365,7 +367,8 @@ def test_immutable_change_while_running_is_refused_and_lost_workers_keep_the_old
     assert decision.status["phase"] == "Running" and decision.delete == []
     cluster.remove("demo-worker-0")
     replaced = cluster.step()
-    assert replaced.create[0]["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == old_hash
+    assert names(replaced.create) == [SECRET, "Pod/demo-worker-0"]
+    assert replaced.create[1]["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == old_hash
     assert not any(e[1] == "SpecChangeRejected" for e in replaced.events)  # posted once
     cluster.job["spec"]["hyperparameters"]["epochs"] = 5
     assert condition(cluster.step().status, "SpecChangeRejected")["status"] == "False"

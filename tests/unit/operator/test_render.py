@@ -30,7 +30,7 @@ def test_render_digits_prints_every_object_valid():
     assert result.returncode == 0, result.stderr
     objects = list(yaml.safe_load_all(result.stdout))
     assert [f"{o['kind']}/{o['metadata']['name']}" for o in objects] == [
-        "Secret/digits-ray-auth", "Service/digits-head", "NetworkPolicy/digits",
+        "Secret/digits-ray-auth", "ConfigMap/digits-job", "Service/digits-head", "NetworkPolicy/digits",
         "Pod/digits-head", "Pod/digits-worker-0", "Pod/digits-worker-1",
     ]  # fmt: skip
     for obj in objects:

@@ -23,6 +23,11 @@ def test_no_variables_give_the_defaults():
         ({"KILN_STATUS_UNREACHABLE_SECONDS": "30"}, "status_unreachable_seconds", 30.0),
         ({"KILN_KUBERNETES_VERSION": "1.33"}, "kubernetes_version", "1.33"),
         ({"UNRELATED": "x"}, "metrics_port", 8080),
+        ({}, "dns_namespace", "kube-system"),
+        ({}, "dns_pod_labels", (("k8s-app", "kube-dns"),)),
+        ({"KILN_DNS_NAMESPACE": "dns"}, "dns_namespace", "dns"),
+        ({"KILN_DNS_POD_LABELS": "k8s-app=coredns, app.kubernetes.io/name=coredns"}, "dns_pod_labels",
+         (("app.kubernetes.io/name", "coredns"), ("k8s-app", "coredns"))),
     ],
 )
 def test_variables_set_their_field(env: dict, field: str, value: object):
@@ -38,6 +43,10 @@ def test_variables_set_their_field(env: dict, field: str, value: object):
         ({"KILN_RESTART_BACKOFF_SECONDS": "soon"}, "KILN_RESTART_BACKOFF_SECONDS: invalid value 'soon': must be a number"),
         ({"KILN_IMAGE_PULL_POLICY": "Sometimes"}, "KILN_IMAGE_PULL_POLICY: invalid value 'Sometimes': must be one of"),
         ({"KILN_DEFAULT_CHECKPOINT_STORAGE": "/tmp/x"}, "KILN_DEFAULT_CHECKPOINT_STORAGE: invalid value '/tmp/x': must be shared storage"),
+        ({"KILN_DNS_NAMESPACE": "Kube_System"}, "KILN_DNS_NAMESPACE: invalid value 'Kube_System': must be a namespace name"),
+        ({"KILN_DNS_POD_LABELS": "k8s-app"}, "KILN_DNS_POD_LABELS: invalid value 'k8s-app': 'k8s-app' is not a label"),
+        ({"KILN_DNS_POD_LABELS": ","}, "KILN_DNS_POD_LABELS: invalid value ',': must name at least one label"),
+        ({"KILN_DNS_POD_LABELS": "a=b c"}, "KILN_DNS_POD_LABELS: invalid value 'a=b c'"),
     ],
 )
 def test_bad_values_name_the_variable_and_the_reason(env: dict, message: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime, timezone
 from typing import Any
 
@@ -11,7 +10,7 @@ from kiln_operator.apply import event_object, merge_patch_diff
 from kiln_operator.handlers import JobGate, _owner_job
 from kiln_operator.main import build_parser, connection_info, settings_from
 from kiln_operator.metrics import OperatorMetrics
-from kiln_operator.observe import head_status_url, owned_by, read_token
+from kiln_operator.observe import head_status_url, owned_by
 from kiln_operator.settings import SettingsError
 from kubernetes import client as k8s_client
 
@@ -87,16 +86,12 @@ def _pod(phase: str, ip: str | None) -> dict[str, Any]:
         ({"j-head": _pod("Running", None)}, None),
         ({"j-head": _pod("Succeeded", "10.0.0.1")}, None),
         ({"j-head": _pod("Running", "10.0.0.1")}, "http://10.0.0.1:9000/status"),
+        ({"j-head": _pod("Running", "fd00::1")}, "http://[fd00::1]:9000/status"),
     ],
 )
 def test_status_is_polled_only_from_a_running_head_with_an_ip(pods: dict[str, Any], url: str | None) -> None:
     job = {"metadata": {"name": "j"}, "spec": {"metrics": {"port": 9000}}}
     assert head_status_url(job, pods) == url
-
-
-def test_token_is_read_back_from_the_secret() -> None:
-    assert read_token({"data": {"token": base64.b64encode(b"s3cret").decode()}}) == "s3cret"
-    assert read_token({"data": {}}) is None and read_token(None) is None
 
 
 def test_only_pods_of_this_job_uid_count() -> None:

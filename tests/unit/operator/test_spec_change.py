@@ -14,9 +14,16 @@ def pod_hash(pod: dict) -> str:
     return pod["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
 
 
-def pod_job(pod: dict) -> dict:
+def pod_job(cluster: Cluster, pod: dict) -> dict:
+    """The job the head pod's driver reads: the file `KILN_JOB_FILE` names, from the mounted ConfigMap."""
     env = {var["name"]: var.get("value") for var in pod["spec"]["containers"][0]["env"]}
-    return json.loads(env["KILN_JOB"])
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    for mount in pod["spec"]["containers"][0]["volumeMounts"]:
+        config = volumes[mount["name"]].get("configMap")
+        if config and env["KILN_JOB_FILE"].startswith(mount["mountPath"] + "/"):
+            key = env["KILN_JOB_FILE"][len(mount["mountPath"]) + 1:]
+            return json.loads(cluster.objects[("ConfigMap", config["name"])]["data"][key])
+    raise AssertionError("KILN_JOB_FILE is not on a ConfigMap volume of the head pod")
 
 
 def change_spec(cluster: Cluster, generation: int = 2) -> None:
@@ -57,7 +64,7 @@ def test_head_loss_after_a_refused_change_rebuilds_from_the_accepted_spec(when: 
     pods = [obj for obj in created if obj["kind"] == "Pod"]
     assert [p["metadata"]["name"] for p in pods] == ["demo-head", "demo-worker-0", "demo-worker-1"]
     assert {pod_hash(p) for p in pods} == {accepted}
-    assert pod_job(pods[0])["spec"]["hyperparameters"]["epochs"] == 5
+    assert pod_job(cluster, pods[0])["spec"]["hyperparameters"]["epochs"] == 5
     status = cluster.job["status"]
     assert status["acceptedSpecHash"] == accepted
     assert condition(status, "SpecChangeRejected")["status"] == "True"
@@ -90,11 +97,16 @@ def test_change_is_accepted_while_suspended_and_used_on_resume():
     suspended = cluster.step().status
     assert all(c["type"] != "SpecChangeRejected" or c["status"] == "False" for c in suspended["conditions"])
     cluster.job["spec"]["suspend"] = False
+    # The job's ConfigMap still holds the spec the old pods ran: it goes before a head can mount it.
+    replacing = cluster.step()
+    assert replacing.delete == [("ConfigMap", "demo-job")]
+    assert not [o for o in replacing.create if o["kind"] in ("Pod", "ConfigMap")]
+    cluster.tick(replacing.requeue_after or 1)
     resumed = cluster.step()
     pods = [o for o in resumed.create if o["kind"] == "Pod"]
     assert len(pods) == 4
     assert {pod_hash(p) for p in pods} == {resumed.status["acceptedSpecHash"]}
-    assert pod_job(pods[0])["spec"]["hyperparameters"]["epochs"] == 50
+    assert pod_job(cluster, pods[0])["spec"]["hyperparameters"]["epochs"] == 50
     assert resumed.status["acceptedSpecHash"] != old
 
 
@@ -107,7 +119,7 @@ def test_change_is_accepted_before_the_job_has_any_pod(created: dict):
     cluster.job["spec"]["suspend"] = False
     decision = cluster.step()
     pods = [o for o in decision.create if o["kind"] == "Pod"]
-    assert len(pods) == 4 and pod_job(pods[0])["spec"]["hyperparameters"]["epochs"] == 50
+    assert len(pods) == 4 and pod_job(cluster, pods[0])["spec"]["hyperparameters"]["epochs"] == 50
     assert {pod_hash(p) for p in pods} == {decision.status["acceptedSpecHash"]}
     assert json.loads(decision.status["acceptedSpec"])["workers"]["replicas"] == 3
     assert all(c["type"] != "SpecChangeRejected" for c in decision.status["conditions"])
@@ -116,6 +128,9 @@ def test_change_is_accepted_before_the_job_has_any_pod(created: dict):
 def test_a_status_without_the_accepted_spec_falls_back_to_the_head_pods_record():
     cluster = running_cluster()
     accepted = pod_hash(cluster.pod("demo-head"))
+    # A head built by an operator that passed the job as `KILN_JOB` rather than as a file.
+    job_file = cluster.objects[("ConfigMap", "demo-job")]["data"]["job.json"]
+    cluster.pod("demo-head")["spec"]["containers"][0]["env"].append({"name": "KILN_JOB", "value": job_file})
     for key in ("acceptedSpec", "acceptedSpecHash"):
         del cluster.job["status"][key]  # written by an operator that did not record it
     change_spec(cluster)

@@ -12,7 +12,7 @@ from kiln_operator.apply import ensure_created
 from kiln_operator.kube import ApiError
 from kiln_operator.objects import build_all
 from kiln_operator.objects import table as table_module
-from kiln_operator.objects.labels import JobRef
+from kiln_operator.objects.labels import JobRef, spec_hash
 from kiln_operator.objects.table import CHILDREN, HEAD_SERVICE, Inputs, Scope, creation_wave
 from kiln_operator.observe import observe, read_children
 from kiln_operator.settings import OperatorSettings
@@ -41,7 +41,7 @@ def test_build_all_is_the_table_in_order() -> None:
     job = make_job()
     expected = [obj for row in CHILDREN for obj in row.objects(Inputs(job, SETTINGS, "t"))]
     assert build_all(job, SETTINGS, "t") == expected
-    assert [o["kind"] for o in expected] == ["Secret", "Service", "NetworkPolicy", "Pod", "Pod", "Pod", "Pod"]
+    assert [o["kind"] for o in expected] == ["Secret", "ConfigMap", "Service", "NetworkPolicy", "Pod", "Pod", "Pod", "Pod"]
 
 
 def test_the_service_comes_before_every_pod_in_order_and_in_creation_waves() -> None:
@@ -86,11 +86,22 @@ def test_only_missing_objects_are_created_in_table_order() -> None:
     first = cluster.decide()
     cluster.objects.update({(o["kind"], o["metadata"]["name"]): o for o in first.create})
     assert [(o["kind"], o["metadata"]["name"]) for o in first.create] == [
-        ("Secret", "demo-ray-auth"), ("Service", "demo-head"), ("NetworkPolicy", "demo"),
+        ("Secret", "demo-ray-auth"), ("ConfigMap", "demo-job"), ("Service", "demo-head"), ("NetworkPolicy", "demo"),
         ("Pod", "demo-head"), ("Pod", "demo-worker-0"), ("Pod", "demo-worker-1"),
     ]  # fmt: skip
     del cluster.objects[("Service", "demo-head")]
     assert [(o["kind"], o["metadata"]["name"]) for o in cluster.decide().create] == [("Service", "demo-head")]
+
+
+def test_the_secret_is_never_read_and_goes_out_with_every_pod_created() -> None:
+    # The operator has no `get` on Secrets: whether one exists is learnt from a create (409).
+    cluster = Cluster(job_manifest())
+    cluster.step()
+    del cluster.objects[("Secret", "demo-ray-auth")]  # not seen either way: nothing to create without pods
+    assert cluster.decide().create == []
+    cluster.remove("demo-worker-1")
+    assert [(o["kind"], o["metadata"]["name"]) for o in cluster.decide().create] == [
+        ("Secret", "demo-ray-auth"), ("Pod", "demo-worker-1")]
 
 
 class FakeKube:
@@ -119,19 +130,20 @@ def test_observation_reads_every_row_and_keeps_only_owned_listed_objects() -> No
     kube = FakeKube({**built, ("Pod", "demo-worker-9"): stranger})
     del kube.objects[("Service", "demo-head")]
     found = read_children(kube, "ns", JobRef("demo"), "uid-1")  # type: ignore[arg-type]
-    assert set(found) == set(built) - {("Service", "demo-head")}
-    assert sorted(kube.calls) == [("get", "NetworkPolicy"), ("get", "Secret"), ("get", "Service"), ("list", "Pod")]
+    assert set(found) == set(built) - {("Service", "demo-head"), ("Secret", "demo-ray-auth")}
+    assert sorted(kube.calls) == [("get", "ConfigMap"), ("get", "NetworkPolicy"), ("get", "Service"), ("list", "Pod")]
 
 
-def test_observe_reports_existing_objects_and_the_stored_token() -> None:
+def test_observe_reports_existing_objects_and_the_spec_they_were_built_from() -> None:
     job = make_job(replicas=1)
     built = {(o["kind"], o["metadata"]["name"]): o for o in build_all(job, SETTINGS, "the-token")}
     manifest = {"metadata": {"name": "demo", "namespace": "ns", "uid": "uid-1"}, "spec": {"not": "valid"}}
-    observation, token = observe(FakeKube(built), manifest)  # type: ignore[arg-type]
-    assert observation.existing == frozenset(built)
+    kube = FakeKube(built)
+    observation = observe(kube, manifest)  # type: ignore[arg-type]
+    assert observation.existing == frozenset(built) - {("Secret", "demo-ray-auth")}
+    assert ("get", "Secret") not in kube.calls  # the operator may not read Secrets
     assert set(observation.pods) == {"demo-head", "demo-worker-0"}
-    assert observation.has("Secret", "demo-ray-auth") and not observation.has("Secret", "other")
-    assert token == "the-token"
+    assert observation.spec_hashes == {("ConfigMap", "demo-job"): spec_hash(job)}
 
 
 def test_creation_goes_in_waves(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,4 +161,4 @@ def test_creation_goes_in_waves(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("kiln_operator.apply.concurrently", concurrently)
     objects = build_all(make_job(replicas=1), SETTINGS, "t")
     assert ensure_created(Recorder(), list(reversed(objects))) == len(objects)  # type: ignore[arg-type]
-    assert created == [["NetworkPolicy", "Service", "Secret"], ["Pod", "Pod"]]
+    assert created == [["NetworkPolicy", "Service", "ConfigMap", "Secret"], ["Pod", "Pod"]]

@@ -10,7 +10,7 @@ from kiln_api.spec import DataSpec, Impute
 from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from torch.utils.data import Dataset
 
-from .augmentation import ChannelNormalize, train_transform
+from .augmentation import BatchTrainTransform, ChannelNormalize, batch_train_transform, train_transform
 from .datasets import ArrayDataset
 from .errors import DataError
 from .preprocessing import Preprocessor, check_missing, complete_rows, fit_preprocessor
@@ -40,6 +40,9 @@ class DataBundle:
     target_mean: float = 0.0
     target_std: float = 1.0
     preprocessor: Preprocessor | None = field(default=None, repr=False)
+    # The training loop's augmentation of whole batches on the device (None: nothing random). With
+    # it, training images are stored in pixel space ([0, 1]) and normalised per batch after it.
+    train_transform: BatchTrainTransform | None = field(default=None, repr=False)
 
 
 def load_data(spec: DataSpec, *, pvc_root: str = PVC_MOUNT_ROOT, for_architecture: str = "mlp") -> DataBundle:
@@ -58,7 +61,8 @@ def load_data(spec: DataSpec, *, pvc_root: str = PVC_MOUNT_ROOT, for_architectur
     train_idx, val_idx, test_idx = split_indices(len(raw.y), split.validation, split.test, split.seed, labels)
     pre = fit_preprocessor(raw.x[train_idx], spec.preprocessing)
     y, target_mean, target_std = _targets(raw, train_idx)
-    transform = train_transform(spec.augmentation, image=raw.kind == IMAGE, normalize=_image_normalizer(pre))
+    image = raw.kind == IMAGE
+    transform = train_transform(spec.augmentation, image=image, normalize=_image_normalizer(pre))
     # With a pixel-space transform the training images stay raw; it normalises each sample itself.
     train_x = raw.x[train_idx] if transform is not None and raw.kind == IMAGE else pre.transform(raw.x[train_idx])
     train = ArrayDataset(torch.from_numpy(np.ascontiguousarray(train_x)), y[train_idx], transform)
@@ -77,6 +81,7 @@ def load_data(spec: DataSpec, *, pvc_root: str = PVC_MOUNT_ROOT, for_architectur
         target_mean=target_mean,
         target_std=target_std,
         preprocessor=pre,
+        train_transform=batch_train_transform(spec.augmentation, image=image, normalize=_image_normalizer(pre)),
     )
 
 

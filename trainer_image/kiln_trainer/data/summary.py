@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -16,6 +16,15 @@ class DataSummary:
     missing_values: int = 0
     task: str = "classification"
     source: str = ""
+    # Set by the trainer once it knows its device (batch_feed.py): where the training split lives.
+    placement: str | None = None
+    train_rows: int | None = None
+    train_bytes: int | None = None
+    device: str | None = None
+
+    def placed(self, placement: str, *, train_rows: int, train_bytes: int, device: str) -> DataSummary:
+        """This summary with the training split's placement."""
+        return replace(self, placement=placement, train_rows=train_rows, train_bytes=train_bytes, device=device)
 
     def describe(self) -> str:
         lines = [
@@ -27,6 +36,12 @@ class DataSummary:
             balance = ", ".join(f"{name}: {share:.1%}" for name, share in shown)
             more = f" (+{len(self.class_balance) - len(shown)} more)" if len(self.class_balance) > len(shown) else ""
             lines.append(f"  classes: {self.classes} [{balance}{more}]")
+        if self.placement is not None:
+            where = f"on {self.device}" if self.placement == "device" else "in host memory"
+            if self.placement != "device" and self.device != "cpu":
+                where += f", each batch copied to {self.device} ahead of its step"
+            size = f", {self.train_bytes / 2**20:.1f} MiB" if self.train_bytes is not None else ""
+            lines.append(f"  placement: {self.placement} (training split of {self.train_rows} rows{size} {where})")
         return "\n".join(lines)
 
 
