@@ -35,3 +35,4 @@ crd: install
 bench: install
 	$(PY) bench/trainer_overhead.py
 	$(PY) bench/operator_load.py
+	$(PY) bench/gpu_loop.py --device cpu --small --output bench/results/gpu_loop_cpu.json

@@ -40,11 +40,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
+from kiln_trainer.worker import WorkerEnv
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_loop.json"
 SPLIT = {"train": 0.96, "validation": 0.02, "test": 0.02, "seed": 0}
@@ -64,22 +66,20 @@ SMALL = {
 # ---------------------------------------------------------------------- Kiln
 
 
-class BenchEnv:
+class BenchEnv(WorkerEnv):
     """A world-size-1 WorkerEnv that hands every event to `on_event` (no driver, no Ray)."""
 
-    def __new__(cls, device: torch.device, on_event: Any) -> Any:
-        from kiln_trainer.worker import WorkerEnv
+    def __init__(self, device: torch.device, on_event: Callable[[Any], None]) -> None:
+        super().__init__(device=device)
+        self.on_event = on_event
 
-        class _Env(WorkerEnv):
-            def emit(self, event: Any) -> None:
-                on_event(event)
+    def emit(self, event: Any) -> None:
+        self.on_event(event)
 
-            emit_final = emit_any_rank = emit
+    emit_final = emit_any_rank = emit
 
-            def stop_requested(self) -> bool:
-                return False
-
-        return _Env(device=device)
+    def stop_requested(self) -> bool:
+        return False
 
 
 class GpuSampler:
@@ -189,7 +189,8 @@ class HandLoop:
         cuda = device.type == "cuda"
         self.channels_last = cuda and x.dim() == 4
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if cuda else {}))
+        # Kiln's job has weightDecay 0 (its default); AdamW's own default would be 0.01.
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, **({"fused": True} if cuda else {}))
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
         self.x, self.y, self.batch, self.device = x, y, batch, device
