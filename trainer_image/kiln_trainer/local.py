@@ -117,6 +117,9 @@ def devices_line(topology: TrainingTopology, in_process: bool, gpu_name: str = "
     return line + (" in this process" if in_process else ": Ray Train, gloo")
 
 
+STEP_STATUS_INTERVAL = 2.0
+
+
 class LocalOutputs:
     """Listens to the driver's events: status.json, metrics.jsonl and the progress line."""
 
@@ -128,6 +131,7 @@ class LocalOutputs:
         self.tty = stream.isatty()
         self.last_val = ""
         self.started = time.monotonic()
+        self._status_written_at = float("-inf")
 
     def __call__(self, event: Event, status: TrainingJobStatus) -> None:
         match event:
@@ -142,14 +146,20 @@ class LocalOutputs:
                     handle.write(json.dumps(record) + "\n")
                 self.last_val = validation_text(event.metrics)
                 self._line(epoch_line(event, status))
-            case StepProgress() if self.tty:
-                self._bar(progress_line(status, event.loss, self.last_val, batch=(event.batch, event.batches)))
+            case StepProgress():
+                if self.tty:
+                    self._bar(progress_line(status, event.loss, self.last_val, batch=(event.batch, event.batches)))
+                # Step events come several times a second: the file is for humans and scripts,
+                # so a step only refreshes it every STEP_STATUS_INTERVAL seconds.
+                if time.monotonic() - self._status_written_at < STEP_STATUS_INTERVAL:
+                    return
         self.write_status(status)
 
     def write_status(self, status: TrainingJobStatus) -> None:
         text = json.dumps(status_document(status), indent=2)
         # Rewritten on every event: atomic, but not worth an fsync each time.
         write_bytes(self.status_path, text.encode(), durable=False)
+        self._status_written_at = time.monotonic()
 
     def _rewrite_log(self, epoch: int, history: list[dict[str, Any]]) -> None:
         """On (re)start: drop epochs past the checkpoint (they will be trained again) and fill in

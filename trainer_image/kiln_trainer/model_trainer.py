@@ -89,7 +89,7 @@ class ModelTrainer:
         self.loss_fn = optim.loss_function(self.data.task)
         self._autocast = self.autocast()  # one context, entered once per step (never nested)
         fingerprint = model_fingerprint(self.model.state_dict(), self.data.input_shape, self.data.output_dim, self.data.task)
-        self.core = RunCore(job, env, paths, fingerprint=fingerprint)
+        self.core = RunCore.open(job, env, paths, fingerprint=fingerprint)
         self.first_step_time: Optional[float] = None
 
     @property

@@ -54,7 +54,7 @@ class RunCore:
         self, job: TrainingJob, env: WorkerEnv, paths: RunPaths, fingerprint: Optional[dict[str, Any]] = None
     ) -> None:
         """`fingerprint`: what must match to resume (checkpoint_fence.model_fingerprint); custom code's
-        default is its entrypoint. Raises CheckpointMismatch (a SpecError) or StaleWriter."""
+        default is its entrypoint. Touches no storage: `open` builds one and takes the fence."""
         self.job, self.env, self.paths = job, env, paths
         ck = job.spec.checkpoint
         self.store = CheckpointStore(paths.checkpoint_dir, keep=ck.keep, metric=ck.metric, mode=ck.effective_mode.value)
@@ -65,10 +65,6 @@ class RunCore:
             paths.run_id or uuid.uuid4().hex,
             suggestion=per_job_location(job, paths),
         )
-        if env.rank == 0:
-            self.fence.claim()
-        else:
-            self.fence.inspect()
         self.stopper = EarlyStopping.from_spec(job.spec.early_stopping) if job.spec.early_stopping else None
         self.writer = BackgroundWriter(self.store, self._on_saved) if env.rank == 0 else None
         self.snapshots = Snapshotter() if env.rank == 0 else None
@@ -77,6 +73,19 @@ class RunCore:
         self.interrupted = False
         self.resumed: Optional[CheckpointInfo] = None
         self.checkpoint_stall = 0.0
+
+    @classmethod
+    def open(
+        cls, job: TrainingJob, env: WorkerEnv, paths: RunPaths, fingerprint: Optional[dict[str, Any]] = None
+    ) -> RunCore:
+        """A core whose storage is fenced for this run: rank 0 claims the location, the others
+        check it. Raises CheckpointMismatch (a SpecError) or StaleWriter."""
+        core = cls(job, env, paths, fingerprint)
+        if env.rank == 0:
+            core.fence.claim()
+        else:
+            core.fence.inspect()
+        return core
 
     @property
     def total_epochs(self) -> int:
@@ -175,10 +184,11 @@ class RunCore:
                               history=self.state.history, **data))
         return message
 
-    def emit_epoch(self, metrics: dict[str, float], epoch_seconds: float, samples_per_second: Optional[float]) -> None:
+    def emit_epoch(self, metrics: dict[str, float], epoch_seconds: float, samples_per_second: Optional[float],
+                   lr: Optional[float] = None) -> None:
         self.env.emit(EpochEnded(epoch=self.state.epoch, step=self.state.step, metrics=metrics, epoch_seconds=epoch_seconds,
                                  samples_per_second=samples_per_second, checkpoint_stall_seconds=self.checkpoint_stall,
-                                 early_stopping=early_stopping_state(self.stopper, self.decision)))
+                                 early_stopping=early_stopping_state(self.stopper, self.decision), lr=lr))
 
     def outcome(self) -> tuple[str, Optional[str]]:
         """(outcome, reason): a rerun of a run that had stopped on its own ends the same way."""

@@ -42,7 +42,7 @@ class Session:
 
     def __init__(self, job: TrainingJob, env: WorkerEnv, paths: RunPaths) -> None:
         self.job, self.env, self.paths = job, env, paths
-        self.core = RunCore(job, env, paths)
+        self.core = RunCore.open(job, env, paths)
         self.last_metrics: dict[str, float] = {}
         self._scratch = tempfile.mkdtemp(prefix="kiln-ckpt-")
         self._last_report = time.perf_counter()

@@ -7,6 +7,7 @@ give the same objects (the Ray auth token is passed in by the caller).
 from __future__ import annotations
 
 from kiln_api import TrainingJob
+from kiln_api.job_checks import StorageProblem
 
 from ..settings import OperatorSettings
 from .head_pod import build_head_pod
@@ -28,7 +29,7 @@ from .network_policy import build_network_policy
 from .owner import PLACEHOLDER_UID, owner_reference
 from .secret import build_auth_secret
 from .service import build_head_service
-from .storage import StorageError, checkpoint_url
+from .storage import checkpoint_url
 from .table import CHILDREN, build_children
 from .worker_pod import build_worker_pod, build_worker_pods
 
@@ -38,7 +39,7 @@ def cluster_problem(job: TrainingJob, settings: OperatorSettings) -> tuple[str, 
     # Ray's ports as the metrics port are refused by the API itself (kiln_api.spec.MetricsSpec).
     try:
         checkpoint_url(job, settings)
-    except StorageError as exc:
+    except StorageProblem as exc:
         return exc.reason, exc.message
     return None
 
@@ -53,7 +54,7 @@ __all__ = [
     "HEAD",
     "PLACEHOLDER_UID",
     "WORKER",
-    "StorageError",
+    "StorageProblem",
     "build_all",
     "build_auth_secret",
     "build_head_pod",

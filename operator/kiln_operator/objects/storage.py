@@ -18,12 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln_api import TrainingJob
-from kiln_api.job_checks import S3_SCHEME, StorageProblem, cluster_checkpoint_url
+from kiln_api.job_checks import S3_SCHEME, cluster_checkpoint_url
 from kiln_api.storage_paths import is_pvc, pvc_local_path, split_pvc
 
 from ..settings import OperatorSettings
-
-StorageError = StorageProblem  # the operator's name for it: a status reason plus a message
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ def local_location(url: str) -> str:
 
 
 def checkpoint_url(job: TrainingJob, settings: OperatorSettings) -> str:
-    """The shared-storage URL of the job's checkpoints; raises StorageError if there is none
+    """The shared-storage URL of the job's checkpoints; raises StorageProblem if there is none
     (the rule `kiln validate` applies too: kiln_api.job_checks)."""
     return cluster_checkpoint_url(job, settings.default_checkpoint_storage)
 

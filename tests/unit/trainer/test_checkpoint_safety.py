@@ -60,7 +60,7 @@ def test_resume_refuses_a_planted_checkpoint_as_an_invalid_spec(tmp_path):
     marker = tmp_path / "marker"
     training_job = job("planted", {"workers": {"replicas": 1}})
     planted(CheckpointStore(str(tmp_path / "ckpt")), str(marker))
-    core = RunCore(training_job, WorkerEnv(), RunPaths(str(tmp_path / "ckpt"), str(tmp_path)))
+    core = RunCore.open(training_job, WorkerEnv(), RunPaths(str(tmp_path / "ckpt"), str(tmp_path)))
     with pytest.raises(SpecError, match="planted|state.pt") as refused:
         core.resume()
     assert refused.value.field == "spec.checkpoint.storage"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from kiln_api.spec import DataFormat, DataSpec
 from kiln_trainer.data import DataBundle, DataError, load_data
-from kiln_trainer.data.sources import infer_format
+from kiln_trainer.data.sources import infer_format, load_digits_quickly
 
 from tests.support.datafiles import write_image_folder, write_table
 
@@ -43,6 +43,18 @@ def test_builtin_sets_load_as_tables_or_images(source: str, arch: str, input_sha
     assert bundle.task == "classification"
     assert bundle.summary.rows == rows
     assert len(bundle.train) + len(bundle.validation) + len(bundle.test) == rows
+
+
+def test_digits_read_without_scikit_learn_equal_scikit_learns_loader() -> None:
+    from sklearn.datasets import load_digits
+
+    quick, reference = load_digits_quickly(), load_digits()
+    assert quick is not None, "scikit-learn's digits file was not found"
+    np.testing.assert_array_equal(quick["data"], reference.data)
+    np.testing.assert_array_equal(quick["target"], reference.target)
+    np.testing.assert_array_equal(quick["images"], reference.images)
+    assert quick["feature_names"] == list(reference.feature_names)
+    assert list(quick["target_names"]) == list(reference.target_names)
 
 
 def test_synthetic_classification_follows_its_spec() -> None:
