@@ -27,14 +27,19 @@ DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200,
 
 
 class _JobsByPhase(Collector):
-    """`kiln_trainingjobs{namespace,phase}`, computed at scrape time from the last phase seen per job."""
+    """`kiln_trainingjobs{namespace,phase}`, computed at scrape time from the last phase seen per job.
+
+    Every phase of every namespace seen so far is exported, 0 when it holds no job: a phase that
+    empties reads 0 at once instead of vanishing (a dashboard would keep showing its last count)."""
 
     def __init__(self) -> None:
         self._phases: dict[tuple[str, str], str] = {}
+        self._namespaces: set[str] = set()
         self._lock = threading.Lock()
 
     def set(self, namespace: str, name: str, phase: str | None) -> None:
         with self._lock:
+            self._namespaces.add(namespace)
             if phase is None:
                 self._phases.pop((namespace, name), None)
             else:
@@ -48,6 +53,10 @@ class _JobsByPhase(Collector):
         family = GaugeMetricFamily("kiln_trainingjobs", "TrainingJobs by namespace and phase.", labels=["namespace", "phase"])
         with self._lock:
             counts = Tally((namespace, phase) for (namespace, _), phase in self._phases.items())
+            namespaces = set(self._namespaces)
+        for namespace in namespaces:
+            for phase in PHASES:
+                counts.setdefault((namespace, phase), 0)
         for (namespace, phase), count in sorted(counts.items()):
             family.add_metric([namespace, phase], count)
         yield family

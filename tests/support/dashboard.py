@@ -17,7 +17,11 @@ class PanelQuery:
     panel: str
     ref_id: str
     expr: str
-    requires: str | None  # "cuda": series exist only when a job trains on GPUs
+    # What the series need besides Kiln: "cuda" (a job training on GPUs), "dcgm" (NVIDIA's DCGM
+    # exporter), "cadvisor" (the kubelet's container metrics); None: Kiln's driver and operator.
+    requires: str | None
+    legend: str = ""
+    instant: bool = False
 
 
 def load_dashboard() -> dict[str, Any]:
@@ -37,7 +41,7 @@ def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 
 def queries(dashboard: dict[str, Any]) -> list[PanelQuery]:
     return [
-        PanelQuery(p["title"], t["refId"], t["expr"], p.get("kilnRequires"))
+        PanelQuery(p["title"], t["refId"], t["expr"], p.get("kilnRequires"), t.get("legendFormat", ""), bool(t.get("instant")))
         for p in panels(dashboard)
         for t in p.get("targets") or []
     ]

@@ -39,6 +39,10 @@ from tests.support.waiting import wait_for
 T = TypeVar("T")
 KILN = str(Path(sys.executable).with_name("kiln"))
 JOB_NAME, JOB_NAMESPACE = "dash", "ml"
+FINISHED_JOB = "done"  # a second job, finished through its head pod's termination message
+# Training rows: 20,000 steps of batch 4 an epoch, about 13 s here (0.6 ms a step); a machine twice
+# as fast still has epochs well over the 4 s rate window of the mid-epoch check.
+EPOCH_ROWS = 80_000
 TRAININGJOBS = "kiln.dev/v1alpha1/trainingjobs"  # the emulator keys objects by group/version/plural
 
 
@@ -56,17 +60,21 @@ class RecordingKubeClient(KubeClient):
         return super().request(method, path, *args, **kwargs)
 
 
-def job_manifest(metrics_port: int) -> dict[str, Any]:
-    """A tiny job that keeps training until stopped (the test ends it), checkpointing every epoch."""
+def job_manifest(metrics_port: int, name: str = JOB_NAME) -> dict[str, Any]:
+    """A small job that keeps training until stopped (the test ends it), checkpointing every epoch.
+
+    Its epochs are thousands of tiny steps (a few seconds each here), so Prometheus scrapes it
+    mid-epoch many times: the step counter must move between epoch ends. The CPU it takes is
+    the same as with tiny epochs: either way it trains flat out until stopped."""
     return {
         "apiVersion": "kiln.dev/v1alpha1",
         "kind": "TrainingJob",
-        "metadata": {"name": JOB_NAME, "namespace": JOB_NAMESPACE},
+        "metadata": {"name": name, "namespace": JOB_NAMESPACE},
         "spec": {
             "workers": {"replicas": 1, "cpusPerWorker": 1},
             "model": {"architecture": "mlp", "hiddenUnits": [16]},
-            "data": {"source": "builtin:iris"},
-            "hyperparameters": {"epochs": 100000, "batchSize": 16, "learningRate": 0.01},
+            "data": {"source": "synthetic:classification", "synthetic": {"samples": EPOCH_ROWS * 10 // 7, "features": 8}},
+            "hyperparameters": {"epochs": 100000, "batchSize": 4, "learningRate": 0.01},
             "checkpoint": {"everyEpochs": 1, "keep": 2, "metric": "val_accuracy"},
             "earlyStopping": {"metric": "val_loss", "patience": 100000},
             "metrics": {"port": metrics_port},
@@ -165,7 +173,8 @@ class MonitoringStack:
             [KILN, "run", str(manifest), "--output", str(self.workdir / "runs")],
             self.workdir / "driver.log",
             {**env, "KILN_RAY_TEMP_DIR": self.ray_temp, "RAY_USAGE_STATS_ENABLED": "0"},
-            stop_signal=signal.SIGINT,
+            # Not Ctrl-C (SIGINT), which stops at the end of the epoch in progress: these epochs are long.
+            stop_signal=signal.SIGTERM,
         )
         self.stack.callback(self._stop_driver)
         self.prometheus = self.stack.enter_context(PrometheusServer(self.workdir / "prometheus", [
@@ -187,12 +196,30 @@ class MonitoringStack:
 
     # ------------------------------------------------------------------ the scenario
 
-    def job_status(self) -> dict[str, Any]:
-        job = self.api.get(TRAININGJOBS, JOB_NAMESPACE, JOB_NAME) or {}
+    def job_status(self, name: str = JOB_NAME) -> dict[str, Any]:
+        job = self.api.get(TRAININGJOBS, JOB_NAMESPACE, name) or {}
         return job.get("status") or {}
 
     def create_job(self) -> None:
         self.kube.create(job_manifest(self.driver_port))
+
+    def finish_second_job(self, epochs: int = 3) -> None:
+        """A second TrainingJob whose head pod runs, then exits 0 with the termination message the
+        real driver writes for `epochs` epochs: the operator marks it Succeeded."""
+        from tests.support.driver_report import driver_report
+
+        self.kube.create(job_manifest(free_port(), FINISHED_JOB))
+        head = f"{FINISHED_JOB}-head"
+        wait_for(lambda: self.api.get("v1/pods", JOB_NAMESPACE, head) is not None, 60, f"the operator to create {head}")
+        self.kubelet.run_pod(JOB_NAMESPACE, head)
+        wait_for(lambda: self.job_status(FINISHED_JOB).get("phase"), 60, f"a phase for {FINISHED_JOB}")
+        self.kubelet.terminate_pod(JOB_NAMESPACE, head, 0, driver_report(epochs))
+        wait_for(lambda: self.job_status(FINISHED_JOB).get("phase") == "Succeeded", 60, f"{FINISHED_JOB} Succeeded")
+
+    def phases(self) -> dict[str, int]:
+        """Jobs per phase, as the API holds them."""
+        phases = ((job.get("status") or {}).get("phase") for job in self.api.list(TRAININGJOBS, JOB_NAMESPACE))
+        return dict(Counter(phase for phase in phases if phase))
 
     def restart_head(self, restarts: int) -> None:
         """Delete the head pod (a lost node); the operator recreates the cluster."""

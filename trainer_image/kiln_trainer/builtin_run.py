@@ -15,9 +15,9 @@ from typing import Any
 from kiln_api import TrainingJob
 
 from .evaluation import SUM_FIELDS, all_reduce_sum, metrics_from_sums, split_sums
-from .events import GpuSampled
+from .gpu_sampler import gpu_sampling
 from .model_trainer import ModelTrainer
-from .worker import RunPaths, WorkerEnv, gpu_stats
+from .worker import RunPaths, WorkerEnv
 
 log = logging.getLogger("kiln_trainer.training")
 
@@ -47,18 +47,17 @@ def run_training(job: TrainingJob, env: WorkerEnv, paths: RunPaths) -> dict[str,
         log.info("%s", message)
     first_epoch = core.total_epochs if core.already_finished() else core.state.epoch
     try:
-        for epoch_index in range(first_epoch, core.total_epochs):
-            epoch_started = time.perf_counter()
-            metrics, interrupted, throughput, _ = run_epoch(trainer, epoch_index)
-            trainer.scheduler.step_epoch(metrics.get("val_loss", metrics["train_loss"]))
-            stopping = core.end_epoch(metrics, interrupted)
-            if core.checkpoint_due():
-                trainer.checkpoint(metrics)
-            core.emit_epoch(metrics, time.perf_counter() - epoch_started, throughput)
-            if gpu := gpu_stats(env.rank):
-                env.emit_any_rank(GpuSampled(gpu=gpu))
-            if stopping:
-                break
+        with gpu_sampling(env):  # every CUDA rank samples its own device while it trains
+            for epoch_index in range(first_epoch, core.total_epochs):
+                epoch_started = time.perf_counter()
+                metrics, interrupted, throughput, _ = run_epoch(trainer, epoch_index)
+                trainer.scheduler.step_epoch(metrics.get("val_loss", metrics["train_loss"]))
+                stopping = core.end_epoch(metrics, interrupted)
+                if core.checkpoint_due():
+                    trainer.checkpoint(metrics)
+                core.emit_epoch(metrics, time.perf_counter() - epoch_started, throughput, lr=trainer.scheduler.current_lr())
+                if stopping:
+                    break
     finally:
         core.close()
     return finish(trainer)

@@ -47,6 +47,7 @@ from .events import (
     SpecInvalid,
     Started,
     StatusSet,
+    StepProgress,
     Superseded,
     UnknownEvent,
     from_wire,
@@ -128,7 +129,7 @@ class JobRunner:
         self.topology = training_topology(job.spec.workers, options.gpu_resource)
         self.metrics = KilnMetrics(job.name, job.namespace)
         self.status = initial_status(job.spec.hyperparameters.epochs)
-        self.metrics.on_start(job.spec.hyperparameters.epochs, 0, 0)
+        self.metrics.on_start(job.spec.hyperparameters.epochs, 0, 0, job.spec.checkpoint.every_epochs)
         self._lock = threading.Lock()
         self._epoch_seconds: list[float] = []
         self.error: Optional[SpecInvalid] = None
@@ -171,8 +172,10 @@ class JobRunner:
         self.status = apply_event(self.status, event, self._epoch_seconds)
         match event:
             case Started():
-                self.metrics.on_start(event.total_epochs, event.epoch, event.step)
+                self.metrics.on_started(event)
                 self.status.workers = workers_status(self.topology, ready_pods=self.topology.pods)
+            case StepProgress():
+                self.metrics.on_step(event)
             case EpochEnded():
                 self.metrics.on_epoch(event)
             case GpuSampled():

@@ -100,6 +100,7 @@ class StepProgress(Event):
     batch: int
     batches: int
     loss: Optional[float] = None
+    lr: Optional[float] = None  # the first parameter group's learning rate (optional: older workers omit it)
 
 
 @event_kind("epoch")
@@ -114,6 +115,7 @@ class EpochEnded(Event):
     samples_per_second: Optional[float] = None
     checkpoint_stall_seconds: float = 0.0
     early_stopping: Optional[dict[str, Any]] = None
+    lr: Optional[float] = None  # the learning rate after the epoch's schedule step (optional: older workers omit it)
 
 
 @event_kind("checkpoint")
@@ -131,7 +133,9 @@ class CheckpointSaved(Event):
 @event_kind("gpu")
 @dataclass(frozen=True)
 class GpuSampled(Event):
-    """One worker's GPU figures, keyed by its rank."""
+    """One worker's GPU figures, keyed by its rank (gpu_sampler.py): `utilization` (0..1),
+    `memory_used_bytes` and `memory_total_bytes` of the device (NVML), `torch_reserved_bytes` and
+    `torch_allocated_bytes`; a figure that could not be read is left out."""
 
     gpu: dict[str, dict[str, float]]
 

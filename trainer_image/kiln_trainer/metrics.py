@@ -6,30 +6,46 @@ are written against them. Every series carries `job_name` and `job_namespace`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .events import CheckpointSaved, EpochEnded
+from .events import CheckpointSaved, EpochEnded, Started, StepProgress
 
 log = logging.getLogger("kiln_trainer.metrics")
 
 JOB_LABELS = ("job_name", "job_namespace")
 EPOCH_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+# GpuSampled figure -> (series attribute); a figure missing from a reading removes its series.
+GPU_FIGURES = {
+    "utilization": "gpu_utilization",
+    "memory_used_bytes": "gpu_memory",
+    "memory_total_bytes": "gpu_memory_total",
+    "torch_reserved_bytes": "torch_reserved",
+    "torch_allocated_bytes": "torch_allocated",
+}
 
 
 class KilnMetrics:
-    """One job's training metrics in their own registry (no process-wide globals)."""
+    """One job's training metrics in their own registry (no process-wide globals).
 
-    def __init__(self, job_name: str, job_namespace: str) -> None:
+    Progress moves within an epoch: `kiln_step_total` (a counter of the optimizer steps this
+    driver saw taken) and `kiln_last_progress_timestamp_seconds` follow rank 0's step events
+    (a few a second), so `rate()` and the stall alert are right mid-epoch."""
+
+    def __init__(self, job_name: str, job_namespace: str, clock: Callable[[], float] = time.time) -> None:
         self.registry = CollectorRegistry()
         self.labels = {"job_name": job_name, "job_namespace": job_namespace}
+        self._clock = clock
+        self._last_step: Optional[int] = None
 
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
             return Gauge(name, doc, JOB_LABELS + extra, registry=self.registry)
@@ -39,11 +55,16 @@ class KilnMetrics:
         self.validation_metric = gauge("kiln_validation_metric", "Validation metrics of the last epoch.", ("metric",))
         self.epoch = gauge("kiln_epoch", "Epochs completed.")
         self.total_epochs = gauge("kiln_total_epochs", "Epochs requested.")
-        self.step = gauge("kiln_step_total", "Optimizer steps taken.")
+        self.step = Counter("kiln_step", "Optimizer steps taken while this driver ran (rank 0's step events).",
+                            JOB_LABELS, registry=self.registry)
+        self.last_progress = gauge("kiln_last_progress_timestamp_seconds",
+                                   "Unix time of the last training progress (a step, an epoch, or the start).")
+        self.learning_rate = gauge("kiln_learning_rate", "Learning rate of the first parameter group.")
         self.samples_per_second = gauge("kiln_samples_per_second", "Training throughput of the last epoch, all workers.")
         self.epoch_duration = Histogram(
             "kiln_epoch_duration_seconds", "Wall time of each epoch.", JOB_LABELS, buckets=EPOCH_BUCKETS, registry=self.registry
         )
+        self.last_epoch_duration = gauge("kiln_last_epoch_duration_seconds", "Wall time of the last epoch.")
         self.checkpoint_duration = Histogram(
             "kiln_checkpoint_duration_seconds",
             "Time to write each checkpoint (off the training path).",
@@ -51,24 +72,63 @@ class KilnMetrics:
             buckets=CHECKPOINT_BUCKETS,
             registry=self.registry,
         )
+        self.last_checkpoint_duration = gauge("kiln_last_checkpoint_duration_seconds", "Time to write the last checkpoint.")
         self.checkpoint_last = gauge("kiln_checkpoint_last_timestamp_seconds", "Unix time of the newest complete checkpoint.")
+        self.checkpoint_every = gauge("kiln_checkpoint_every_epochs", "spec.checkpoint.everyEpochs: epochs between checkpoints.")
+        self.training_start = gauge("kiln_training_start_timestamp_seconds", "Unix time this driver started training the job.")
         self.best_metric = gauge("kiln_best_metric", "Best value of checkpoint.metric so far.", ("metric",))
-        self.early_stopping_wait = gauge("kiln_early_stopping_wait", "Checks since the monitored metric last improved.")
-        self.gpu_utilization = gauge("kiln_gpu_utilization_ratio", "GPU utilisation of each worker (0..1).", ("worker",))
-        self.gpu_memory = gauge("kiln_gpu_memory_used_bytes", "GPU memory allocated by each worker.", ("worker",))
+        self.early_stopping_wait = gauge("kiln_early_stopping_wait", "Epochs since the monitored metric last improved.")
+        self.gpu_utilization = gauge("kiln_gpu_utilization_ratio",
+                                     "Utilisation of each training worker's GPU (0..1, NVML, averaged between reports).",
+                                     ("worker",))
+        self.gpu_memory = gauge("kiln_gpu_memory_used_bytes", "Memory in use on each training worker's GPU (NVML).",
+                                ("worker",))
+        self.gpu_memory_total = gauge("kiln_gpu_memory_total_bytes", "Memory of each training worker's GPU (NVML).",
+                                      ("worker",))
+        self.torch_reserved = gauge("kiln_torch_cuda_memory_reserved_bytes",
+                                    "GPU memory PyTorch's caching allocator holds, per training worker.", ("worker",))
+        self.torch_allocated = gauge("kiln_torch_cuda_memory_allocated_bytes",
+                                     "GPU memory in PyTorch tensors, per training worker.", ("worker",))
+        # Counters and histograms exist at 0 from the start: increase() and rate() then count the first
+        # step, epoch and checkpoint instead of taking their first sample as the baseline.
+        for series in (self.step, self.epoch_duration, self.checkpoint_duration):
+            self._l(series)
 
     def _l(self, series: Any, **extra: str) -> Any:
         return series.labels(**self.labels, **extra)
 
-    def on_start(self, total_epochs: int, epoch: int, step: int) -> None:
+    def on_start(self, total_epochs: int, epoch: int, step: int, checkpoint_every_epochs: Optional[int] = None) -> None:
+        """The driver starts (before any event), or training (re)starts at `epoch`/`step`."""
+        now = self._clock()
         self._l(self.total_epochs).set(total_epochs)
         self._l(self.epoch).set(epoch)
-        self._l(self.step).set(step)
+        self._l(self.training_start).set(now)
+        self._l(self.last_progress).set(now)
+        if checkpoint_every_epochs is not None:
+            self._l(self.checkpoint_every).set(checkpoint_every_epochs)
+        self._last_step = step  # a resumed run's earlier steps were taken by another driver
+
+    def on_started(self, event: Started) -> None:
+        self.on_start(event.total_epochs, event.epoch, event.step)
+
+    def _advance(self, step: int, lr: Optional[float]) -> None:
+        """Count the steps taken since the last event; a worker group restarted from a checkpoint
+        goes back, and the steps it takes again are counted again (they are work done)."""
+        last = self._last_step if self._last_step is not None else step
+        if step > last:
+            self._l(self.step).inc(step - last)
+        self._last_step = step
+        self._l(self.last_progress).set(self._clock())
+        if lr is not None:
+            self._l(self.learning_rate).set(lr)
+
+    def on_step(self, event: StepProgress) -> None:
+        self._advance(event.step, event.lr)
 
     def on_epoch(self, event: EpochEnded) -> None:
         metrics = event.metrics
+        self._advance(event.step, event.lr)
         self._l(self.epoch).set(event.epoch)
-        self._l(self.step).set(event.step)
         if "train_loss" in metrics:
             self._l(self.train_loss).set(metrics["train_loss"])
         if "val_loss" in metrics:
@@ -79,16 +139,29 @@ class KilnMetrics:
         if event.samples_per_second is not None:
             self._l(self.samples_per_second).set(event.samples_per_second)
         self._l(self.epoch_duration).observe(event.epoch_seconds)
+        self._l(self.last_epoch_duration).set(event.epoch_seconds)
         if event.early_stopping:
             self._l(self.early_stopping_wait).set(event.early_stopping.get("wait", 0))
 
     def on_gpu(self, gpu: dict[str, dict[str, float]]) -> None:
+        """Set each worker's GPU figures; a figure its reading lacks (unreadable) is removed, so a
+        dashboard shows a gap rather than a 0 that reads as an idle GPU."""
         for worker, figures in gpu.items():
-            self._l(self.gpu_utilization, worker=str(worker)).set(figures.get("utilization", 0.0))
-            self._l(self.gpu_memory, worker=str(worker)).set(figures.get("memory_bytes", 0))
+            figures = dict(figures)
+            if "memory_bytes" in figures:  # a worker of an earlier build: torch.cuda.memory_allocated()
+                figures.setdefault("torch_allocated_bytes", figures.pop("memory_bytes"))
+            for key, attribute in GPU_FIGURES.items():
+                series = getattr(self, attribute)
+                value = figures.get(key)
+                if value is None:
+                    with contextlib.suppress(KeyError):
+                        series.remove(*self.labels.values(), str(worker))
+                else:
+                    self._l(series, worker=str(worker)).set(value)
 
     def on_checkpoint(self, event: CheckpointSaved) -> None:
         self._l(self.checkpoint_duration).observe(event.seconds)
+        self._l(self.last_checkpoint_duration).set(event.seconds)
         self._l(self.checkpoint_last).set(event.unix_time)
         best = event.best
         if best:

@@ -128,15 +128,3 @@ def write_bytes(location: str, data: bytes, *, durable: bool = True) -> None:
     if durable:
         fsync_dir(directory)
 
-
-def gpu_stats(rank: int) -> dict[str, Any]:
-    """This worker's GPU utilisation and memory, when it trains on a GPU (a CPU job that `kiln run`
-    trains in-process on a machine with GPUs never initialises CUDA, and reports none)."""
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return {}
-    stats: dict[str, Any] = {"memory_bytes": int(torch.cuda.memory_allocated())}
-    try:
-        stats["utilization"] = float(torch.cuda.utilization()) / 100.0
-    except Exception:  # noqa: BLE001 - needs pynvml; memory alone is still useful
-        stats["utilization"] = 0.0
-    return {str(rank): stats}

@@ -1,18 +1,23 @@
-"""Every dashboard panel shows data from a real run, and the real operator's API calls fit the chart's RBAC.
+"""Every dashboard panel shows the right values from a real run, the live /metrics pass `promtool
+check metrics`, and the real operator's API calls fit the chart's RBAC.
 
 One stack for the module (tests/support/monitoring_stack.py): the emulated API, a fake
-kubelet, `kiln operator`, `kiln run` of a tiny job and a real Prometheus scraping both. The
-scenario gives every panel something to show: the job trains and checkpoints; its head pod is
-deleted twice (two restarts); the API answers 500 for a few seconds (reconcile errors).
+kubelet, `kiln operator`, `kiln run` of a small job and a real Prometheus scraping both. The
+scenario gives every panel something to show: the job trains (epochs of thousands of steps, so
+Prometheus sees it mid-epoch) and checkpoints; its head pod is deleted twice (two restarts); the
+API answers 500 for a few seconds (reconcile errors); a second job finishes.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import suppress
+from itertools import pairwise
 from pathlib import Path
 
 import kiln_operator.main  # noqa: F401
@@ -21,18 +26,19 @@ import pytest
 
 from tests.support.chart import find, render_objects
 from tests.support.dashboard import load_dashboard, queries, substitute
-from tests.support.prometheus import PROMETHEUS, SKIP_REASON, QueryError
+from tests.support.prometheus import PROMETHEUS, PROMTOOL, SKIP_REASON, QueryError
 
 pytestmark = [
     pytest.mark.ray,
     pytest.mark.skipif(PROMETHEUS is None, reason=SKIP_REASON),
 ]
 
-from tests.support.monitoring_stack import JOB_NAME, JOB_NAMESPACE, MonitoringStack  # noqa: E402
+from tests.support.monitoring_stack import FINISHED_JOB, JOB_NAME, JOB_NAMESPACE, MonitoringStack  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
 # Grafana's $__rate_interval is at least four scrape intervals; Prometheus scrapes every second here.
-VARIABLES = {"namespace": JOB_NAMESPACE, "job": JOB_NAME, "__rate_interval": "10s"}
+VARIABLES = {"namespace": JOB_NAMESPACE, "job": JOB_NAME, "__rate_interval": "4s"}
+TRAINER = f'job_namespace="{JOB_NAMESPACE}", job_name="{JOB_NAME}"'
 
 
 def _metric(url: str, name: str) -> float:
@@ -53,9 +59,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitoringStack]
 
 
 def _play_scenario(stack: MonitoringStack) -> None:
-    wait_for(lambda: stack.driver.alive() and stack.prometheus.query('kiln_epoch{job_name="dash"} >= 1'), 240,
+    wait_for(lambda: stack.driver.alive() and stack.prometheus.query('kiln_epoch{job_name="dash"} >= 1'), 300,
              "the driver's first epoch in Prometheus")
     stack.create_job()
+    stack.finish_second_job()
     # The operator reads the real driver's /status through the head pod's IP (127.0.0.1).
     wait_for(lambda: stack.job_status().get("phase") == "Running", 120, "the TrainingJob to be Running")
     for restarts in (1, 2):
@@ -67,8 +74,9 @@ def _play_scenario(stack: MonitoringStack) -> None:
         wait_for(lambda: _metric(operator_metrics, "kiln_reconcile_errors_total") >= 3, 60, "reconcile errors")
     finally:
         stack.api.clear_faults()
-    # Prometheus needs a few scrapes for rates over 10 s windows; a panel still empty after a
-    # minute fails the panel test below, naming it.
+    # Three epoch ends (two whole epochs between them) for a measured epoch time; a panel still
+    # empty then fails the panel test below, naming it.
+    wait_for(lambda: stack.prometheus.query(f'kiln_epoch{{{TRAINER}}} >= 3'), 300, "three epochs in Prometheus")
     with suppress(AssertionError):
         wait_for(lambda: not _empty_panels(stack), 60, "every panel to have data", interval=2)
 
@@ -90,48 +98,133 @@ def test_prometheus_rejects_invalid_promql(stack: MonitoringStack) -> None:
         stack.prometheus.query("sum by (le (kiln_epoch")
 
 
+def _kiln_queries() -> list:
+    """The queries whose series Kiln's own driver and operator export (CUDA, DCGM and cAdvisor aside)."""
+    return [q for q in queries(load_dashboard()) if q.requires is None]
+
+
+def _run(stack: MonitoringStack, query) -> list[dict]:
+    """A panel's query as Grafana sends it: instant for stat and bar-gauge panels, else over the run."""
+    expr = substitute(query.expr, VARIABLES)
+    if query.instant:
+        return [{"metric": r["metric"], "values": [r["value"]]} for r in stack.prometheus.query(expr)]
+    return stack.prometheus.query_range(expr, stack.started, time.time(), step=1)
+
+
 def _empty_panels(stack: MonitoringStack) -> list[str]:
-    """Panels (CUDA-only ones aside) whose queries return no finite point over the run so far."""
-    end, missing = time.time(), []
-    for query in (q for q in queries(load_dashboard()) if q.requires != "cuda"):
-        result = stack.prometheus.query_range(substitute(query.expr, VARIABLES), stack.started, end, step=1)
-        if _finite_points(result) == 0:
-            missing.append(f"{query.panel} ({query.ref_id}): {query.expr}")
-    return missing
+    """Panels whose queries return no finite point (now, for instant ones; over the run so far, else)."""
+    return [f"{q.panel} ({q.ref_id}): {q.expr}" for q in _kiln_queries() if _finite_points(_run(stack, q)) == 0]
 
 
 def test_every_panel_shows_data_from_the_real_driver_and_operator(stack: MonitoringStack) -> None:
-    assert len([q for q in queries(load_dashboard()) if q.requires != "cuda"]) >= 15
+    assert len(_kiln_queries()) >= 20
     missing = _empty_panels(stack)
     assert not missing, "panels without data:\n" + "\n".join(missing) + "\n" + stack.diagnostics()
 
 
+def test_no_panel_ever_shows_nan(stack: MonitoringStack) -> None:
+    bad = [f"{q.panel} ({q.ref_id}) at {t}: {v}" for q in _kiln_queries() for series in _run(stack, q)
+           for t, v in series["values"] if not math.isfinite(float(v))]
+    assert not bad, "non-finite points:\n" + "\n".join(bad[:20])
+
+
+def _measured_epoch_seconds(stack: MonitoringStack) -> float:
+    """The median time between epoch ends, read off the raw samples of `kiln_epoch` (±1 s a scrape)."""
+    window = int(time.time() - stack.started) + 5
+    result = stack.prometheus.query(f"kiln_epoch{{{TRAINER}}}[{window}s]")  # a range vector: every scrape's sample
+    points = [(float(t), float(v)) for t, v in result[0]["values"]]
+    ends = [t for (_, before), (t, after) in pairwise(points) if after > before]
+    assert len(ends) >= 3, f"fewer than three epoch ends seen: {ends} in {[(t - stack.started, v) for t, v in points]}"
+    return statistics.median(b - a for a, b in pairwise(ends))
+
+
+def test_steps_per_second_is_above_zero_mid_epoch(stack: MonitoringStack) -> None:
+    rate = next(q for q in queries(load_dashboard()) if q.panel == "Steps per second")
+    # Times at which no epoch ended within the rate's window, and the panel's value there.
+    mid_epoch = f"({substitute(rate.expr, VARIABLES)}) and on () (changes(kiln_epoch{{{TRAINER}}}[4s]) == 0)"
+    result = stack.prometheus.query_range(mid_epoch, stack.started, time.time(), step=1)
+    values = [float(v) for series in result for _, v in series["values"]]
+    assert values, "no mid-epoch point at all: epochs shorter than the rate window?"
+    assert max(values) > 0 and sum(v > 0 for v in values) > len(values) / 2, values
+
+
+def test_duration_panels_are_finite_and_within_twice_the_measured_epoch_time(stack: MonitoringStack) -> None:
+    epoch = _measured_epoch_seconds(stack)
+    assert epoch >= 2, f"epochs of {epoch} s are too short for a mid-epoch check"
+    for ref, values in _panel_values_by_target(stack, "Epoch duration").items():
+        assert values and all(epoch / 2 <= v <= epoch * 2 for v in values[-3:]), (ref, epoch, values[-3:])
+    for ref, values in _panel_values_by_target(stack, "Checkpoint duration").items():
+        assert values and all(0 < v <= epoch * 2 for v in values[-3:]), (ref, epoch, values[-3:])
+
+
+def _panel_values_by_target(stack: MonitoringStack, title: str) -> dict[str, list[float]]:
+    found = {}
+    for query in (q for q in queries(load_dashboard()) if q.panel == title):
+        found[query.ref_id] = [float(v) for series in _run(stack, query) for _, v in series["values"]]
+    return found
+
+
+def _phase_panel(stack: MonitoringStack) -> dict[str, float]:
+    query = next(q for q in queries(load_dashboard()) if q.panel == "TrainingJobs by phase")
+    return {r["metric"]["phase"]: float(r["values"][0][1]) for r in _run(stack, query)}
+
+
+def test_phase_counts_equal_the_jobs_phases_after_one_job_finishes(stack: MonitoringStack) -> None:
+    def agree() -> bool:
+        panel, api = _phase_panel(stack), stack.phases()
+        return api.get("Succeeded") == 1 and panel == {p: float(api.get(p, 0)) for p in panel} and set(api) <= set(panel)
+
+    wait_for(agree, 60, "the phase panel to equal the jobs' phases", interval=1)
+    panel = _phase_panel(stack)
+    assert panel["Succeeded"] == 1 and panel["Running"] == 1 and panel["Pending"] == 0  # emptied phases read 0
+    assert stack.job_status(FINISHED_JOB)["phase"] == "Succeeded"
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason=SKIP_REASON)
+@pytest.mark.parametrize("target", ["driver", "operator"])
+def test_live_metrics_pass_promtool_check_metrics(stack: MonitoringStack, target: str) -> None:
+    port = stack.driver_port if target == "driver" else stack.operator_metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read()
+    assert b"kiln_" in text
+    result = subprocess.run([str(PROMTOOL), "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result
+
+
 def _panel_values(stack: MonitoringStack, title: str, labels: dict[str, str] | None = None) -> list[float]:
     query = next(q for q in queries(load_dashboard()) if q.panel == title)
-    result = stack.prometheus.query_range(substitute(query.expr, VARIABLES), stack.started, time.time(), step=1)
-    return [float(v) for series in result if (labels or {}).items() <= series["metric"].items()
+    return [float(v) for series in _run(stack, query) if (labels or {}).items() <= series["metric"].items()
             for _, v in series["values"] if math.isfinite(float(v))]
 
 
 def test_panels_show_what_the_scenario_did(stack: MonitoringStack) -> None:
-    assert max(_panel_values(stack, "Restarts", {"namespace": JOB_NAMESPACE})) == 2  # two head pods deleted
+    # Two head pods deleted. The panel is the counter's increase over an hour, which Prometheus
+    # extrapolates a little past the samples it has (and counts from the first one it scraped).
+    window = int(time.time() - stack.started) + 5
+    raw = [float(v) for _, v in stack.prometheus.query(
+        f'kiln_trainingjob_restarts_total{{namespace="{JOB_NAMESPACE}"}}[{window}s]')[0]["values"]]
+    assert raw[-1] == 2
+    restarts = _panel_values(stack, "Restarts (1h)", {"namespace": JOB_NAMESPACE})
+    assert raw[-1] - raw[0] <= restarts[-1] <= (raw[-1] - raw[0]) * 1.5, (raw, restarts[-3:])
     assert max(_panel_values(stack, "Reconcile errors", {"reason": "ApiError500"})) > 0  # the injected 500s
-    assert max(_panel_values(stack, "TrainingJobs by phase", {"phase": "Running"})) == 1
     progress = _panel_values(stack, "Epoch progress")
     assert 0 < max(progress) <= 1
     assert max(_panel_values(stack, "Epoch")) >= 2
     assert max(_panel_values(stack, "Train loss")) > 0
+    assert max(_panel_values(stack, "Learning rate")) == pytest.approx(0.01)  # constant: no schedule
     assert 0 <= min(_panel_values(stack, "Checkpoint age")) < 60  # a checkpoint every epoch
     assert max(_panel_values(stack, "Validation metrics", {"metric": "accuracy"})) > 0.5
+    assert _panel_values(stack, "Finished job duration", {"phase": "Succeeded"})  # the second job
 
 
-def test_gpu_panels_need_a_cuda_job(stack: MonitoringStack) -> None:
-    gpu = [q for q in queries(load_dashboard()) if q.requires == "cuda"]
-    assert gpu
-    result = stack.prometheus.query('{__name__=~"kiln_gpu_.*"}')
-    if not result:
-        pytest.skip("GPU panels: kiln_gpu_* series exist only when a job trains on CUDA; this job trains on CPU")
-    for query in gpu:
+@pytest.mark.parametrize("needs", ["cuda", "dcgm", "cadvisor"])
+def test_panels_needing_more_than_kiln_show_data_when_it_is_there(stack: MonitoringStack, needs: str) -> None:
+    marked = [q for q in queries(load_dashboard()) if q.requires == needs]
+    assert marked
+    prefix = {"cuda": "kiln_gpu_.*", "dcgm": "DCGM_.*", "cadvisor": "container_.*"}[needs]
+    if not stack.prometheus.query(f'{{__name__=~"{prefix}"}}'):
+        pytest.skip(f"{needs} panels: no {prefix} series here (a CPU job, no DCGM exporter or kubelet to scrape)")
+    for query in marked:
         assert stack.prometheus.query(substitute(query.expr, VARIABLES)), query.panel
 
 

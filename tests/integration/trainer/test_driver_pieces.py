@@ -110,7 +110,7 @@ def test_metrics_exposition_uses_the_contract_names_and_labels():
     metrics = KilnMetrics("j", "ns")
     metrics.on_start(10, 0, 0)
     metrics.on_epoch(EPOCH)
-    metrics.on_gpu({"0": {"utilization": 0.5, "memory_bytes": 1024}})
+    metrics.on_gpu({"0": {"utilization": 0.5, "memory_used_bytes": 1024}})
     metrics.on_checkpoint(CheckpointSaved(epoch=2, location="/c", seconds=0.2, unix_time=1234.0,
                                           best={"metric": "val_loss", "value": 0.4}))
     text = metrics.exposition().decode()

@@ -37,3 +37,16 @@ def test_restarts_of_a_namespace_start_at_zero_when_its_first_job_is_seen(metric
     assert value("kiln_trainingjob_phase_transitions_total", {"phase": "Failed"}) == 0.0
     metrics.forget("team-a", "job")
     assert value("kiln_trainingjob_restarts_total", {"namespace": "team-a"}) == 1.0  # counters never vanish
+
+
+def test_every_phase_of_a_seen_namespace_is_exported_and_reads_zero_once_emptied(metrics: OperatorMetrics) -> None:
+    value = metrics.registry.get_sample_value
+    assert value("kiln_trainingjobs", {"namespace": "team-a", "phase": "Running"}) is None  # namespace not seen yet
+    metrics.record_status("team-a", "job", {}, {"phase": "Running"})
+    assert {phase: value("kiln_trainingjobs", {"namespace": "team-a", "phase": phase}) for phase in PHASES} == {
+        phase: (1.0 if phase == "Running" else 0.0) for phase in PHASES}
+    metrics.record_status("team-a", "job", {"phase": "Running"}, {"phase": "Failed"})
+    assert value("kiln_trainingjobs", {"namespace": "team-a", "phase": "Running"}) == 0.0
+    assert value("kiln_trainingjobs", {"namespace": "team-a", "phase": "Failed"}) == 1.0
+    metrics.forget("team-a", "job")
+    assert value("kiln_trainingjobs", {"namespace": "team-a", "phase": "Failed"}) == 0.0

@@ -71,7 +71,7 @@ def test_metrics_count_transitions_restarts_and_finished_durations() -> None:
     assert value("kiln_trainingjobs", {"namespace": "ns", "phase": "Succeeded"}) == 1.0
     assert value("kiln_trainingjobs", {"namespace": "ns", "phase": "Running"}) == 1.0
     metrics.forget("ns", "b")
-    assert value("kiln_trainingjobs", {"namespace": "ns", "phase": "Running"}) is None
+    assert value("kiln_trainingjobs", {"namespace": "ns", "phase": "Running"}) == 0.0  # emptied: 0, not gone
 
 
 def _pod(phase: str, ip: str | None) -> dict[str, Any]:
