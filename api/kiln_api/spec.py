@@ -263,6 +263,28 @@ class DataPlacement(str, Enum):
     host = "host"
 
 
+class DataLoading(str, Enum):
+    auto = "auto"
+    memory = "memory"
+    stream = "stream"
+
+
+class StreamSpec(ApiModel):
+    """How file sources are streamed with Ray Data (data.loading: stream, or auto above the threshold)."""
+
+    threshold_mib: int = Field(
+        256, ge=0, le=2**53 - 1, alias="thresholdMiB",
+        description="loading auto: file sources (csv, parquet, imagefolder) larger than this many MiB on disk are "
+        "streamed; smaller ones, and builtin and synthetic sets, are loaded into memory.",
+    )
+    shuffle_buffer_rows: int = Field(
+        2048, ge=0, le=10_000_000,
+        description="Each worker shuffles its stream in a buffer of this many rows (0: no local shuffle), on top "
+        "of a new file order every epoch. The buffer costs its rows in memory; it is not a global shuffle.",
+    )
+    prefetch_batches: int = Field(2, ge=0, le=64, description="Batches each worker reads ahead of the one it trains on.")
+
+
 class SyntheticSpec(ApiModel):
     """Size of a `synthetic:*` data set (generated deterministically from `split.seed`)."""
 
@@ -292,6 +314,14 @@ class DataSpec(ApiModel):
         "one computes. auto: device when both splits take at most deviceMemoryFraction of the device's free memory "
         "(always on CPU), host otherwise. The choice is reported in the data summary and in status.progress.dataPlacement.",
     )
+    loading: DataLoading = Field(
+        DataLoading.auto,
+        description="memory: every worker loads its split into memory (builtin, synthetic and small files). stream: "
+        "Ray Data reads file sources shard by shard, each worker iterating only its share, images kept as uint8 until "
+        "the device, so memory is bounded by the prefetch window. auto: stream file sources above "
+        "stream.thresholdMiB. The choice is reported in the data summary and status.progress.dataPlacement.",
+    )
+    stream: StreamSpec = Field(default_factory=StreamSpec, description="Streaming settings (file sources only).")
     device_memory_fraction: float = Field(
         0.5, gt=0.0, le=1.0,
         description="placement auto: the largest share of the device's free memory (measured after the model is "
@@ -301,6 +331,23 @@ class DataSpec(ApiModel):
 
 
 # --------------------------------------------------------------------------- hyperparameters
+
+    cross_field_rules = (
+        CrossFieldRule(
+            cel="!has(self.loading) || self.loading != 'stream' || !has(self.source) "
+            "|| !(self.source.startsWith('builtin:') || self.source.startsWith('synthetic:'))",
+            message="stream reads files (csv, parquet, imagefolder); builtin and synthetic sets are loaded into memory",
+            field_path=".loading",
+            check=lambda d: d.loading != DataLoading.stream or not d.source.startswith(("builtin:", "synthetic:")),
+        ),
+        CrossFieldRule(
+            cel="!has(self.loading) || self.loading != 'stream' || !has(self.preprocessing) "
+            "|| !has(self.preprocessing.impute) || self.preprocessing.impute != 'median'",
+            message="median imputation needs whole columns in memory; with loading stream use mean or drop",
+            field_path=".preprocessing.impute",
+            check=lambda d: d.loading != DataLoading.stream or d.preprocessing.impute != Impute.median,
+        ),
+    )
 
 
 class Optimizer(str, Enum):

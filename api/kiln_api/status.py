@@ -68,6 +68,7 @@ class WorkersStatus(ApiModel):
 class DataPlacementStatus(str, Enum):
     device = "device"
     host = "host"
+    stream = "stream"
 
 
 class ProgressStatus(ApiModel):
@@ -80,7 +81,7 @@ class ProgressStatus(ApiModel):
     eta_seconds: Optional[float] = Field(None, ge=0, description="Estimated time to the last epoch at the current pace.")
     summary: str = Field("0/0", description="epoch/totalEpochs, for `kubectl get`.")
     data_placement: Optional[DataPlacementStatus] = Field(
-        None, description="Where the workers keep the training split (spec.data.placement resolved): device or host."
+        None, description="Where the workers keep the training split (spec.data.placement resolved): device or host; stream when the data is streamed with Ray Data (spec.data.loading)."
     )
     train_rows: Optional[int] = Field(None, ge=0, description="Rows in the training split (all workers together).")
 

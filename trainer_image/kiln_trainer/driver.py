@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from .channel import ActorInbox, Inbox, InProcessClient, ProgressChannel, progress_actor
 from .console import epoch_line
+from .data.errors import SpecError
 from .events import (
     CheckpointSaved,
     EpochEnded,
@@ -229,6 +230,8 @@ class JobRunner:
             return self._train()
         except ClusterTooSmall as exc:
             return self._failed("Unschedulable", str(exc))
+        except SpecError as exc:  # found by the driver itself (a streamed data set's one pass)
+            return self._failed("InvalidSpec", str(exc), EXIT_INVALID)
         except Exception as exc:  # noqa: BLE001 - whatever broke, the job must end Failed with a reason
             log.exception("driver error")
             return self._failed("DriverError", f"driver error: {short_error(exc)}")
@@ -424,6 +427,19 @@ def scaling_config(topology: TrainingTopology) -> Any:
                          resources_per_worker=dict(topology.resources_per_worker))
 
 
+def stream_datasets(job: TrainingJob, options: DriverOptions, config: dict[str, Any]) -> dict[str, Any]:
+    """TorchTrainer's `datasets` and `dataset_config` when the job streams its data (stream_driver.py),
+    with the plan added to the workers' `config`; nothing for data in memory."""
+    from .stream_driver import every_row_data_config, load_or_build_plan, streaming_source
+
+    source = None if job.spec.entrypoint else streaming_source(job.spec.data, options.pvc_root)
+    if source is None:
+        return {}
+    plan, datasets = load_or_build_plan(source, options.checkpoint_dir)
+    config.update(stream_plan=plan.to_json(), stream_splits=sorted(datasets))
+    return {"datasets": datasets, "dataset_config": every_row_data_config()}
+
+
 def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any:
     """The TorchTrainer of the job; `channel` is the driver's ProgressChannel actor (or None)."""
     from ray.train import FailureConfig, RunConfig
@@ -433,9 +449,11 @@ def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any
 
     config = {**worker_config(job, options), "channel": channel}
     storage = os.path.join(options.ray_temp_dir or "/tmp", "kiln-train")
+    streamed = stream_datasets(job, options, config)
     return TorchTrainer(
         train_worker,
         train_loop_config=config,
+        **streamed,
         scaling_config=scaling_config(training_topology(job.spec.workers, options.gpu_resource)),
         run_config=RunConfig(
             name=f"{job.name}-{int(time.time())}",

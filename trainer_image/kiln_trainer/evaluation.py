@@ -58,6 +58,10 @@ SUM_FIELDS = 5
 def eval_batches(dataset: Dataset, rank: int, world_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's slice of `dataset` (`rank::world_size`) in batches: views of in-memory tensors
     (no gather, nothing copied where the data already lives on the device), else collated samples."""
+    stream = getattr(dataset, "stream_batches", None)
+    if stream is not None:  # a streamed split: Ray Data already gave this rank its share
+        yield from stream(batch_size)
+        return
     x_all, y_all = getattr(dataset, "x", None), getattr(dataset, "y", None)
     if x_all is None or y_all is None or getattr(dataset, "transform", None) is not None:
         yield from batches(dataset, range(rank, len(dataset), world_size), batch_size)

@@ -190,6 +190,20 @@ def _install_sigint(stop: threading.Event, stream: TextIO) -> Any:
     return signal.signal(signal.SIGINT, handler)
 
 
+def streams_data(job: TrainingJob, pvc_root: str) -> bool:
+    """Whether the job's built-in trainer streams its data (a setting error is reported later, by
+    the trainer, as for data in memory)."""
+    from .data.errors import DataError
+    from .stream_driver import streaming_source
+
+    if job.spec.entrypoint:
+        return False
+    try:
+        return streaming_source(job.spec.data, pvc_root) is not None
+    except DataError:
+        return False
+
+
 def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: TextIO = sys.stderr,
               use_ray: bool = False, node: Optional[dict[str, float]] = None) -> tuple[int, JobRunner]:
     """Train `job` in this process (one training worker, unless `use_ray`), else on a fresh local
@@ -209,6 +223,8 @@ def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: Tex
     storage = job.spec.checkpoint.storage
     checkpoint_dir = resolve_location(storage, pvc_root) if storage else os.path.join(out_dir, "checkpoints")
     outputs = LocalOutputs(out_dir, stream)
+    # Streamed data is read by Ray Data, so a streamed run of one worker starts a local cluster too.
+    in_process = in_process and not streams_data(job, pvc_root)
     ray_tmp = None
     if not in_process:
         # Ray's socket paths must stay under ~107 characters, so its temp dir lives directly in /tmp.

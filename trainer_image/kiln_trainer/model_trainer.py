@@ -24,12 +24,14 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
 import torch
 from kiln_api import TrainingJob
 from kiln_api.spec import ModelSpec
 from torch import nn
+from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
 from . import optim
@@ -52,6 +54,7 @@ from .models import build_model, load_pretrained
 from .run_core import LoopState, RunCore
 from .seeding import rng_state, seed_everything, set_rng_state
 from .speedups import apply_backend_flags, forward_of, select_speedups, use_fused_optimizer
+from .stream_feed import STREAM, StreamFeed, StreamSplit, stream_bundle
 from .worker import RunPaths, WorkerEnv, write_bytes
 
 log = logging.getLogger("kiln_trainer.train")
@@ -68,14 +71,20 @@ class ModelTrainer:
         self.hp = hp = spec.hyperparameters
         seed_everything(hp.seed)
         model_spec = spec.effective_model
-        self.data: DataBundle = load_data(spec.data, pvc_root=paths.pvc_root, for_architecture=model_spec.architecture.value)
+        self.data: DataBundle = (
+            stream_bundle(env.stream.plan, env.stream, spec.data, env.device) if env.stream is not None
+            else load_data(spec.data, pvc_root=paths.pvc_root, for_architecture=model_spec.architecture.value)
+        )
         self.speedups = select_speedups(env.device.type, hp.mixed_precision.value, model_spec.architecture.value,
                                         hp.optimizer.value)
         apply_backend_flags(self.speedups)
         self.model: nn.Module = self._build_model(model_spec)
         self.batch_size = max(hp.batch_size // env.world_size, 1)
-        self.feed: BatchFeed = self._place_data()
+        self.feed: BatchFeed | StreamFeed = self._place_data()
         self.ddp: nn.Module = self._wrap(self.model)
+        # Streamed shards may differ by a few rows between ranks: DDP's Join shadows the all-reduces
+        # of a rank that ran out, so the others finish their epoch instead of waiting forever.
+        self._join = isinstance(self.feed, StreamFeed) and isinstance(self.ddp, DistributedDataParallel)
         self._no_sync = self.ddp.no_sync if isinstance(self.ddp, DistributedDataParallel) else None
         self.forward = forward_of(self.ddp, hp.compile, env.device.type)
         # Every rank holds ceil(rows / world) shard positions (the sampler pads); the batches never change.
@@ -103,10 +112,15 @@ class ModelTrainer:
         model = model.to(self.env.device)
         return model.to(memory_format=torch.channels_last) if self.speedups.channels_last else model
 
-    def _place_data(self) -> BatchFeed:
-        """Keep the training (and validation) split on the device when it fits, else on the host."""
+    def _place_data(self) -> BatchFeed | StreamFeed:
+        """Keep the training (and validation) split on the device when it fits, else on the host;
+        streamed data arrives batch by batch (stream_feed.py)."""
         data, device, spec = self.data, self.env.device, self.job.spec.data
         train, validation = data.train, data.validation
+        if isinstance(train, StreamSplit):
+            data.summary = data.summary.placed(STREAM, train_rows=len(train), train_bytes=None, device=str(device))
+            return StreamFeed(train, batch_size=self.batch_size, transform=data.train_transform,
+                              channels_last=self.speedups.channels_last)
         assert isinstance(train, ArrayDataset)
         val_bytes = tensor_bytes(validation.x, validation.y) if isinstance(validation, ArrayDataset) else 0
         placement = choose_placement(spec.placement.value, device_type=device.type, fraction=spec.device_memory_fraction,
@@ -147,27 +161,40 @@ class ModelTrainer:
         """Train one epoch on this rank's shard; returns (loss sum, sample count)."""
         env, bounds = self.env, self.bounds
         self.ddp.train()
-        order = shard_order(len(self.data.train), world_size=env.world_size, rank=env.rank, seed=self.hp.seed,
-                            epoch=epoch_index)
         # Summed on the device: a float() per step would synchronise with the GPU every step.
         loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
         count, last_event, report = 0, time.monotonic(), env.rank == 0 and env.channel is not None
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(self.feed.batches(order, bounds, epoch_index)):
-            rows = bounds[i][1] - bounds[i][0]
-            loss = self._step(i, x, y)
-            loss_sum.add_(loss.detach(), alpha=rows)  # float64 += rows * loss, exactly as before
-            count += rows
-            if report and time.monotonic() - last_event > STEP_EVENT_INTERVAL_S:
-                last_event = time.monotonic()
-                env.emit(StepProgress(epoch=self.state.epoch, step=self.state.step, batch=i + 1, batches=len(bounds),
-                                      loss=float(loss_sum) / max(count, 1)))
+        with Join([self.ddp]) if self._join else NO_CONTEXT:
+            for i, (x, y, last) in enumerate(self._epoch_batches(epoch_index)):
+                rows = len(y)
+                loss = self._step(i, x, y, last)
+                loss_sum.add_(loss.detach(), alpha=rows)  # float64 += rows * loss, exactly as before
+                count += rows
+                if report and time.monotonic() - last_event > STEP_EVENT_INTERVAL_S:
+                    last_event = time.monotonic()
+                    env.emit(StepProgress(epoch=self.state.epoch, step=self.state.step, batch=i + 1,
+                                          batches=max(len(bounds), i + 1), loss=float(loss_sum) / max(count, 1),
+                                          lr=self.scheduler.current_lr()))
         return float(loss_sum), count
 
-    def _step(self, i: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _epoch_batches(self, epoch_index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        """(x, y, is the epoch's last batch) of this rank's share of the training split."""
+        env, feed = self.env, self.feed
+        if isinstance(feed, StreamFeed):
+            # A stream's length is known only at its end: one batch of look-ahead finds the last.
+            yield from mark_last(feed.epoch_batches(epoch_index, self.hp.seed, env.rank))
+            return
+        order = shard_order(len(self.data.train), world_size=env.world_size, rank=env.rank, seed=self.hp.seed,
+                            epoch=epoch_index)
+        last = len(self.bounds) - 1
+        for i, (x, y) in enumerate(feed.batches(order, self.bounds, epoch_index)):
+            yield x, y, i == last
+
+    def _step(self, i: int, x: torch.Tensor, y: torch.Tensor, last: bool) -> torch.Tensor:
         """Forward and backward of batch `i`; an optimizer step at an accumulation boundary."""
         accumulation = self.hp.gradient_accumulation_steps
-        boundary = accumulation == 1 or (i + 1) % accumulation == 0 or i + 1 == len(self.bounds)
+        boundary = accumulation == 1 or (i + 1) % accumulation == 0 or last
         with self._no_sync() if self._no_sync is not None and not boundary else NO_CONTEXT:
             with self._autocast:
                 loss = self.loss_fn(self.forward(x).float(), y)
@@ -235,3 +262,17 @@ class ModelTrainer:
             # model.pt sits beside the checkpoints: a driver another one replaced must not overwrite it.
             self.core.fence.check_current("writing model.pt")
             write_bytes(self.paths.model_path, serialize_state(state))
+
+
+
+def mark_last(items: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Any, bool]]:
+    """(a, b, is_last) for each pair, looking one item ahead."""
+    iterator = iter(items)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for following in iterator:
+        yield (*current, False)
+        current = following
+    yield (*current, True)

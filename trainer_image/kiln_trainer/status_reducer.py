@@ -73,7 +73,7 @@ def _(event: Started, status: TrainingJobStatus, epoch_seconds: list[float]) -> 
     status.phase, status.reason = Phase.running, "Training"
     status.message = event.message or "training"
     status.progress = _progress(status, epoch=event.epoch, step=event.step, total_epochs=event.total_epochs)
-    if event.data_placement in ("device", "host"):
+    if event.data_placement in ("device", "host", "stream"):
         status.progress.data_placement = DataPlacementStatus(event.data_placement)
     if event.train_rows is not None:
         status.progress.train_rows = event.train_rows

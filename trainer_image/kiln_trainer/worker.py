@@ -38,6 +38,8 @@ class WorkerEnv:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     channel: Optional[ChannelClient] = None
+    # A streamed run's plan and dataset shards (stream_feed.StreamInputs); None: data in memory.
+    stream: Optional[Any] = None
 
     def emit(self, event: Event) -> None:
         """Rank 0 sends an event to the driver without waiting for it to be received."""

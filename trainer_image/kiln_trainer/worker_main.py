@@ -26,9 +26,24 @@ def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: the job and paths come in `config`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     env = ray_worker_env(config.get("channel"))
+    env.stream = stream_inputs(config)
     log.info("worker %d: torch threads %d (OMP_NUM_THREADS=%s)", env.rank, torch.get_num_threads(),
              os.environ.get("OMP_NUM_THREADS"))
     run_worker(config, env)
+
+
+def stream_inputs(config: dict[str, Any]) -> Any:
+    """The plan and dataset shards of a streamed run (driver.build_trainer), else None."""
+    if not config.get("stream_plan"):
+        return None
+    import ray.train
+
+    from .data.stream_plan import StreamPlan
+    from .stream_feed import StreamInputs
+
+    splits = set(config.get("stream_splits") or ())
+    return StreamInputs(StreamPlan.from_json(config["stream_plan"]),
+                        lambda name: ray.train.get_dataset_shard(name) if name in splits else None)
 
 
 def train_in_process(config: dict[str, Any], env: WorkerEnv) -> None:

@@ -27,14 +27,16 @@ from .pod_common import (
     resources,
 )
 from .ports import DASHBOARD_PORT, GCS_PORT, RAY_METRICS_PORT
+from .ray_memory import object_store_bytes
 from .storage import checkpoint_dir
 
 PROBE_PERIOD_SECONDS = 5
 
 
-def head_script() -> str:
+def head_script(job: TrainingJob) -> str:
     args = [
         "ray", "start", "--head", "--num-cpus=0", "--num-gpus=0", '--node-ip-address="$POD_IP"',
+        f"--object-store-memory={object_store_bytes(job.spec.head.memory)}",
         f"--port={GCS_PORT}", f"--metrics-export-port={RAY_METRICS_PORT}",
         "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}", "--disable-usage-stats",
     ]  # fmt: skip
@@ -84,7 +86,7 @@ def head_ports(job: TrainingJob) -> list[dict]:
 
 def build_head_pod(job: TrainingJob, settings: OperatorSettings) -> dict:
     head = job.spec.head
-    main = container(job, settings, "ray-head", head_script())
+    main = container(job, settings, "ray-head", head_script(job))
     main.update(
         env=head_env(job, settings),
         ports=head_ports(job),

@@ -16,6 +16,7 @@ from ..settings import OperatorSettings
 from .kueue import kueue_annotations, kueue_labels
 from .labels import SPEC_HASH_ANNOTATION, secret_name, spec_hash
 from .owner import object_meta
+from .ray_memory import shm_size
 from .secret import TOKEN_KEY
 from .storage import claims
 
@@ -77,8 +78,9 @@ def auth_env(job: TrainingJob) -> list[dict]:
 
 
 def volumes(job: TrainingJob, settings: OperatorSettings, memory: str) -> list[dict]:
-    # Ray's object store and DataLoader workers use /dev/shm; the runtime's default is 64 MiB.
-    result: list[dict] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": memory}}]
+    # Ray's object store lives in /dev/shm (the runtime's default is 64 MiB); its pages count
+    # against the memory limit, so it holds the store's share and a margin (ray_memory.py).
+    result: list[dict] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size(memory)}}]
     for index, claim in enumerate(claims(job, settings)):
         result.append(
             {"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim.name, "readOnly": claim.read_only}}

@@ -29,6 +29,7 @@ from ..settings import OperatorSettings
 from .head_pod import PROBE_PERIOD_SECONDS, startup_failure_threshold
 from .labels import WORKER, worker_pod_name
 from .pod_common import auth_env, container, pod_metadata, pod_spec, ray_cpus, ray_env, resources
+from .ray_memory import object_store_bytes
 from .service import service_env_prefix
 
 HEAD_WAIT_INTERVAL_SECONDS = 2
@@ -50,6 +51,7 @@ def worker_script(job: TrainingJob) -> str:
     start = [
         "exec", "ray", "start", '--address="$KILN_HEAD_ADDRESS"', "--block",
         f"--num-cpus={ray_cpus(workers.cpus_per_worker)}", f"--num-gpus={workers.gpus_per_worker}",
+        f"--object-store-memory={object_store_bytes(workers.memory_per_worker)}",
         '--node-ip-address="$POD_IP"', "--disable-usage-stats",
     ]  # fmt: skip
     return "\n".join(

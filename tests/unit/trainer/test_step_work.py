@@ -65,8 +65,8 @@ def test_the_epoch_loss_is_the_row_weighted_sum_of_the_step_losses(tmp_path, mon
                            RunPaths(str(tmp_path / "c"), str(tmp_path)))
     losses, step = [], trainer._step
 
-    def recording(i, x, y):
-        loss = step(i, x, y)
+    def recording(i, x, y, last):
+        loss = step(i, x, y, last)
         losses.append((float(loss.detach()), len(y)))
         return loss
 

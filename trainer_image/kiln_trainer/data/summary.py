@@ -22,7 +22,7 @@ class DataSummary:
     train_bytes: int | None = None
     device: str | None = None
 
-    def placed(self, placement: str, *, train_rows: int, train_bytes: int, device: str) -> DataSummary:
+    def placed(self, placement: str, *, train_rows: int, train_bytes: int | None, device: str) -> DataSummary:
         """This summary with the training split's placement."""
         return replace(self, placement=placement, train_rows=train_rows, train_bytes=train_bytes, device=device)
 
@@ -36,7 +36,10 @@ class DataSummary:
             balance = ", ".join(f"{name}: {share:.1%}" for name, share in shown)
             more = f" (+{len(self.class_balance) - len(shown)} more)" if len(self.class_balance) > len(shown) else ""
             lines.append(f"  classes: {self.classes} [{balance}{more}]")
-        if self.placement is not None:
+        if self.placement == "stream":
+            lines.append(f"  placement: stream (training split of {self.train_rows} rows, streamed with Ray Data, "
+                         f"each worker reading its share ahead onto {self.device})")
+        elif self.placement is not None:
             where = f"on {self.device}" if self.placement == "device" else "in host memory"
             if self.placement != "device" and self.device != "cpu":
                 where += f", each batch copied to {self.device} ahead of its step"

@@ -1,0 +1,180 @@
+"""Memory and throughput of streamed data (Ray Data) against the in-memory path, with 2 workers.
+
+Generates (once, cached under --workdir) an image folder of --images JPEGs at --image-size (10
+classes) and a parquet table of about --parquet-mib MiB (64 float32 features, 10 classes), then
+trains one epoch of each with `kiln run` (2 workers, memoryPerWorker 2Gi, `data.loading: stream`),
+and one epoch of a --compare-images folder both streamed and in memory. While a run trains, the
+resident memory of every Ray Train worker process is sampled every 0.2 s (psutil); a run's figure
+is the largest peak among its workers.
+
+Writes bench/results/data_scale.json (or --output):
+- `streamed_images`, `streamed_parquet`, `compare_streamed`, `compare_in_memory`: each with
+  `peak_rss_mib_per_worker`, `samples_per_second` (the epoch's training throughput, all workers),
+  `rows`, `wall_seconds`;
+- `throughput_ratio`: compare_streamed / compare_in_memory samples per second.
+Targets (issue): peak RSS per worker <= 1536 MiB on both large sets; ratio >= 0.9.
+--small shrinks every set (2,000 images, 64 MiB of parquet, 500 images to compare) for a quick run.
+Usage: python bench/data_scale.py [--small] [--workdir DIR] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "data_scale.json"
+KILN = str(Path(sys.executable).with_name("kiln"))
+CLASSES = 10
+
+
+def make_images(folder: Path, count: int, size: int) -> Path:
+    """`count` JPEGs in 10 class folders; each class has its own colour so the task is learnable."""
+    from PIL import Image
+
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        label = i % CLASSES
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+        base = np.array([25 * label, 255 - 25 * label, 128], dtype=np.float32)
+        pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"c{label}" / f"{i}.jpg", quality=85)
+    done.touch()
+    return folder
+
+
+def make_parquet(path: Path, mib: int) -> Path:
+    """About `mib` MiB of float32 features in row groups of 100 k rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.exists():
+        return path
+    features, group = 64, 100_000
+    rows = max(group, mib * 2**20 // (features * 4))
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (CLASSES, features)).astype(np.float32)
+    tmp = path.with_suffix(".tmp")
+    writer = None
+    for start in range(0, rows, group):
+        n = min(group, rows - start)
+        y = rng.integers(0, CLASSES, n)
+        x = centres[y] + rng.normal(0, 2.0, (n, features)).astype(np.float32)
+        table = pa.table({**{f"f{j}": x[:, j] for j in range(features)}, "target": y})
+        writer = writer or pq.ParquetWriter(tmp, table.schema)
+        writer.write_table(table)
+    writer.close()
+    tmp.rename(path)
+    return path
+
+
+def job_manifest(name: str, source: Path, loading: str, architecture: str, image_size: int, batch: int) -> dict[str, Any]:
+    data: dict[str, Any] = {"source": str(source), "loading": loading, "split": {"train": 0.9, "validation": 0.05, "test": 0.05}}
+    if architecture == "cnn":
+        data["imageSize"] = image_size
+    return {
+        "apiVersion": "kiln.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+        "spec": {
+            "workers": {"replicas": 2, "cpusPerWorker": 1, "memoryPerWorker": "2Gi"},
+            "model": {"architecture": architecture, **({"hiddenUnits": [128]} if architecture == "mlp" else {})},
+            "data": data, "hyperparameters": {"epochs": 1, "batchSize": batch},
+        },
+    }
+
+
+def sample_workers(stop: threading.Event, peaks: dict[int, int]) -> None:
+    """Largest RSS seen per Ray Train worker process, until `stop`."""
+    while not stop.wait(0.2):
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+                    peaks[proc.pid] = max(peaks.get(proc.pid, 0), proc.memory_info().rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+
+
+def run(name: str, manifest: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    job_file = workdir / f"{name}.yaml"
+    job_file.write_text(yaml.safe_dump(manifest))
+    out = workdir / "out"
+    ray_tmp = tempfile.mkdtemp(prefix="kds-", dir="/tmp")
+    peaks: dict[int, int] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_workers, args=(stop, peaks), daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    env = {**os.environ, "KILN_RAY_TEMP_DIR": ray_tmp}
+    result = subprocess.run([KILN, "run", str(job_file), "--output", str(out), "--ray"], env=env,
+                            capture_output=True, text=True, timeout=3600)
+    wall = time.monotonic() - started
+    stop.set()
+    sampler.join()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    record = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()][-1]
+    status = json.loads((out / name / "status.json").read_text())
+    figures = {
+        "peak_rss_mib_per_worker": round(max(peaks.values()) / 2**20, 1) if peaks else None,
+        "samples_per_second": round(record["samples_per_second"], 1),
+        "rows": status["progress"].get("trainRows"),
+        "placement": status["progress"].get("dataPlacement"),
+        "wall_seconds": round(wall, 1),
+    }
+    print(f"{name}: {figures}", flush=True)
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=50_000)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--parquet-mib", type=int, default=2048)
+    parser.add_argument("--compare-images", type=int, default=5_000)
+    parser.add_argument("--small", action="store_true", help="2,000 images, 64 MiB of parquet, 500 to compare")
+    parser.add_argument("--workdir", default="/tmp/kiln-data-scale")
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args()
+    if args.small:
+        args.images, args.parquet_mib, args.compare_images = 2_000, 64, 500
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    images = make_images(work / f"images-{args.images}-{args.image_size}", args.images, args.image_size)
+    compare = make_images(work / f"images-{args.compare_images}-{args.image_size}", args.compare_images, args.image_size)
+    table = make_parquet(work / f"table-{args.parquet_mib}mib.parquet", args.parquet_mib)
+    size, results = args.image_size, {}
+    results["streamed_images"] = run("streamed-images", job_manifest("streamed-images", images, "stream", "cnn", size, 64), work)
+    results["streamed_parquet"] = run("streamed-parquet", job_manifest("streamed-parquet", table, "stream", "mlp", size, 1024), work)
+    results["compare_streamed"] = run("compare-streamed", job_manifest("compare-streamed", compare, "stream", "cnn", size, 64), work)
+    results["compare_in_memory"] = run("compare-in-memory", job_manifest("compare-in-memory", compare, "memory", "cnn", size, 64), work)
+    results["throughput_ratio"] = round(results["compare_streamed"]["samples_per_second"]
+                                        / results["compare_in_memory"]["samples_per_second"], 3)
+    results.update({
+        "device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)", "workers": 2, "memory_per_worker": "2Gi",
+        "images": args.images, "image_size": size, "parquet_mib": args.parquet_mib, "compare_images": args.compare_images,
+    })
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
