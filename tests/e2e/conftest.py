@@ -35,12 +35,21 @@ def kubelet(k8s_api, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator
             pytest.fail(f"e2e tier cannot run in CI: {problem}")
         pytest.skip(problem)
     node = ProcessKubelet(k8s_api.url, tmp_path / "node")
+    k8s_api.emulator.log_source = lambda pod: container_log(node, pod)  # `kubectl logs` reads the kubelet's
     with node:
         yield node
         report = getattr(request.node, "report_call", None)
         if report is not None and report.failed:
             print(node.log_tails())
     assert not node.leaked, f"pod processes survived the kubelet: {node.leaked}"
+
+
+def container_log(node: ProcessKubelet, pod: dict) -> str | None:
+    """The log of this incarnation of the pod (matched by uid), None before its container started."""
+    task = node.tasks.get(pod["metadata"]["uid"])
+    if task is None or not task.log_path.exists():
+        return None
+    return task.log_path.read_text(errors="replace")
 
 
 class Cluster:

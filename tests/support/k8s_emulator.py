@@ -10,9 +10,23 @@ Together they add what a real API server does and kmock 0.8 lacks:
 - label selectors (=, ==, !=, in, notin, exists, !exists) and field selectors on list/watch;
 - the status subresource kept apart from the rest (PATCH/PUT `/status` changes only status;
   writes to the main resource keep the stored status) for pods, services and TrainingJobs;
-- PUT (replace), merge / strategic-merge (treated as merge) / JSON patch;
-- finalizers and deletionTimestamp; ownerReference garbage collection in background mode
-  (dependents whose owners are all gone are deleted, recursively; `propagationPolicy: Orphan` keeps them);
+- PUT (replace), merge / strategic-merge (keyed lists merged, directives honoured; refused with
+  415 for TrainingJobs, as for any custom resource) / JSON patch, and server-side apply
+  (`application/apply-patch+yaml`: create or merge, `managedFields` per manager; simplified:
+  no field removal by ownership, no conflicts);
+- finalizers and deletionTimestamp; ownerReference garbage collection by an owner-uid index
+  (background: dependents whose owners are all gone are deleted, recursively; `Foreground`
+  deletes them first; `Orphan` keeps them);
+- what kubectl needs (`k8s_discovery`, `k8s_tables`): legacy and aggregated discovery with
+  short names and categories, OpenAPI v3 (the CRD's schema, so `kubectl explain` shows our
+  descriptions, and the `fieldValidation` parameter, so `kubectl apply` validates strictly:
+  unknown fields answer 400 as a strict decode error), `meta.k8s.io/v1` Tables from the CRD's
+  `additionalPrinterColumns` (also in watches, for `get -w`), and `pods/NAME/log` from
+  `log_source` (the e2e kubelet's container log; `tailLines`/`limitBytes`, no `follow`);
+- cheap hot paths: per-kind, per-label and per-owner indexes (`k8s_index`), lists in
+  (namespace, name) order without a sort per list, stored objects never copied (they are
+  immutable once stored), watch events encoded once, TrainingJob validation memoised per
+  part (`k8s_validation`);
 - watches that honour `resourceVersion` (replay only what came after it; 410 Gone if too old)
   and `timeoutSeconds`; lists carry the current resourceVersion;
 - Services get `spec.clusterIP` from 127.1.0.0/16 (the e2e kubelet plays kube-proxy there);
@@ -25,7 +39,7 @@ Together they add what a real API server does and kmock 0.8 lacks:
 - a request log: `requests` is a list of `RequestRecord(method, path, resource, verb, ...)`.
 
 Not emulated: namespaces need not exist, pod deletion is immediate (no grace period),
-no admission, no RBAC enforcement, no server-side apply, no paging (`limit` is ignored).
+no admission, no RBAC enforcement, no paging (`limit` is ignored), no OpenAPI v2.
 
 Use from pytest (import the fixture into a conftest.py)::
 
@@ -54,7 +68,6 @@ import random
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,43 +77,20 @@ import kmock
 import pytest
 from kiln_api.validation import default_crd
 
+from tests.support.k8s_discovery import Served, is_meta_path, meta_response, served_resources
+from tests.support.k8s_requests import FastRequest, FaultPlan, RequestRecord
 from tests.support.k8s_semantics import (
     ResourcePath,
     SelectorError,
     label_matcher,
+    log_slice,
     parse_resource_path,
+    parse_yaml_body,
     status_object,
     verb_of,
 )
-from tests.support.k8s_store import BUILTIN_KINDS, ApiError, Kind, ObjectStore
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    method: str
-    path: str
-    resource: str  # plural, with `/subresource` when there is one
-    group: str
-    verb: str
-    namespace: str | None
-    name: str | None
-    fault: int | None = None
-
-
-@dataclass
-class FaultPlan:
-    rate: float
-    status: int
-    verbs: frozenset[str] | None
-    resources: frozenset[str] | None
-    rng: random.Random
-
-    def hits(self, verb: str, plural: str) -> bool:
-        if self.verbs is not None and verb not in self.verbs:
-            return False
-        if self.resources is not None and plural not in self.resources:
-            return False
-        return self.rng.random() < self.rate
+from tests.support.k8s_store import BUILTIN_KINDS, TRAININGJOBS, ApiError, Kind, ObjectStore
+from tests.support.k8s_tables import table, wants_table
 
 
 @attrs.define(kw_only=True)
@@ -113,6 +103,10 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
     log: list[RequestRecord] = attrs.field(factory=list)
     faults: FaultPlan | None = attrs.field(default=None)
     _watchers: set[asyncio.Queue[Any]] = attrs.field(factory=set)
+    # the stored pod -> its container's log so far, or None before it started (set by a kubelet)
+    log_source: Callable[[dict[str, Any]], str | None] | None = attrs.field(default=None)
+    served: list[Served] = attrs.field(init=False)
+    printer_columns: list[dict[str, Any]] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -124,13 +118,27 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
                 subresources={"status"} if kind.status_subresource else set(),
             )
         self.state = ObjectStore(self.crd, self.kinds)
+        self.served = served_resources(self.kinds, self.crd)
+        self.printer_columns = self.crd["spec"]["versions"][0].get("additionalPrinterColumns", [])
 
     # ------------------------------------------------------------------ dispatch
 
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """Resource and discovery requests skip kmock's parsing and its request log (which keeps
+        every body for the server's lifetime); the rest (/version, /) stay kmock's."""
+        path = parse_resource_path(raw_request.path)
+        if (path is not None and path.key in self.kinds) or is_meta_path(raw_request.path):
+            return await self._handle(await FastRequest.read(raw_request))  # type: ignore[arg-type]
+        return await super().__call__(raw_request)
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        meta = meta_response(request.url.path, request.headers.get("Accept", ""), self.served, self.crd)
+        if meta is not None:
+            body, content_type, code = meta
+            return aiohttp.web.Response(body=json.dumps(body).encode(), status=code, headers={"Content-Type": content_type})
         path = parse_resource_path(request.url.path)
         if path is None or path.key not in self.kinds:
-            # Discovery (/api, /apis/G/V, /version) stays kmock's.
+            # /version and the root stay kmock's.
             return await super(kmock.KubernetesEmulator, self)._handle(request)
         params = dict(request.params)
         self.state.strict_fields = params.get("fieldValidation") == "Strict"
@@ -144,7 +152,13 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
                 raise ApiError(fault, "InternalError" if fault == 500 else "Conflict", f"injected fault {fault}")
             if verb == "watch":
                 return await self._watch(request, path, params)
+            if path.subresource == "log" and verb == "get":
+                return self._pod_log(path, params)
             body, code = self._serve(verb, path, params, request)
+            if verb in ("get", "list") and wants_table(request.headers.get("Accept", "")):
+                items = body["items"] if verb == "list" else [body]
+                version = body["metadata"]["resourceVersion"] if verb == "list" else str(self.state.resource_version)
+                body = self._table(path, items, version, params)
         except ApiError as exc:
             return aiohttp.web.json_response(exc.body, status=exc.code)
         except SelectorError as exc:
@@ -162,6 +176,12 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
 
     def _serve(self, verb: str, path: ResourcePath, params: dict[str, str], request: kmock.Request) -> tuple[Any, int]:
         data = request.data
+        content_type = request.headers.get("Content-Type", "application/merge-patch+json")
+        if data is None and "yaml" in content_type:
+            try:
+                data = parse_yaml_body(request.text)
+            except ValueError as exc:
+                raise ApiError(400, "BadRequest", str(exc)) from None
         if verb in ("create", "update", "patch") and not isinstance(data, (dict, list)):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
         if verb == "get":
@@ -172,12 +192,29 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
             return self.state.create(path, data), 201
         if verb == "update":
             return self.state.write(path, lambda _old: data), 200
+        if verb == "patch" and "apply-patch" in content_type:
+            return self.state.apply(path, data, params.get("fieldManager", ""), params.get("force") == "true")
         if verb == "patch":
-            content_type = request.headers.get("Content-Type", "application/merge-patch+json")
             return self.state.patch(path, data, content_type), 200
         if verb == "delete":
-            return self.state.delete(path, data if isinstance(data, dict) else {}), 200
+            options = dict(data) if isinstance(data, dict) else {}
+            if "propagationPolicy" in params:
+                options["propagationPolicy"] = params["propagationPolicy"]
+            return self.state.delete(path, options), 200
         raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported by the emulator")
+
+    def _table(self, path: ResourcePath, items: list[dict[str, Any]], version: str, params: dict[str, str]) -> dict[str, Any]:
+        columns = self.printer_columns if path.key == TRAININGJOBS else None
+        return table(self.kinds[path.key].kind, items, columns, version, params.get("includeObject", "Metadata"))
+
+    def _pod_log(self, path: ResourcePath, params: dict[str, str]) -> aiohttp.web.Response:
+        """`pods/NAME/log` from the kubelet's container log (`log_source`); 400 until it has one."""
+        pod = self.state.get(ResourcePath(path.group, path.version, path.plural, path.namespace, path.name))
+        text = self.log_source(pod) if self.log_source else None
+        if text is None:
+            container = ((pod.get("spec") or {}).get("containers") or [{}])[0].get("name", "")
+            raise ApiError(400, "BadRequest", f'container "{container}" in pod "{path.name}" is waiting to start: ContainerCreating')
+        return aiohttp.web.Response(text=log_slice(text, params), content_type="text/plain")
 
     # ------------------------------------------------------------------ watch
 
@@ -199,8 +236,9 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
         await response.prepare(request._raw_request)
         timeout = float(params.get("timeoutSeconds") or 1800)
         try:
+            shape = self._event_shape(request, path, params)
             for event in backlog:
-                await self._send(response, path, matches, path.key, event)
+                await self._send(response, shape, matches, path.key, event)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             raw = request._raw_request
@@ -214,7 +252,7 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
                     continue
                 if item is None:  # the server is shutting down
                     break
-                await self._send(response, path, matches, *item)
+                await self._send(response, shape, matches, *item)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -222,14 +260,26 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
             self.state.listeners.discard(listener)
         return response
 
+    def _event_shape(self, request: kmock.Request, path: ResourcePath, params: dict[str, str]) -> Callable[[dict[str, Any]], Any]:
+        """Events as stored, or as one-row Tables when kubectl asked for Tables (`get -w`)."""
+        if not wants_table(request.headers.get("Accept", "")):
+            return lambda event: event
+        return lambda event: {"type": event["type"], "object": self._table(
+            path, [event["object"]], event["object"]["metadata"]["resourceVersion"], params)}
+
     @staticmethod
-    async def _send(response: aiohttp.web.StreamResponse, path: ResourcePath, matches: Any, key: str, event: dict[str, Any]) -> None:
+    async def _send(response: aiohttp.web.StreamResponse, shape: Callable[[dict[str, Any]], Any], matches: Any,
+                    key: str, event: dict[str, Any]) -> None:
         obj = event["object"]
         if event["type"] != "ERROR":
             meta = obj.get("metadata", {})
             if not matches((key, meta.get("namespace"), meta.get("name")), obj):
                 return
-        await response.write(json.dumps(event).encode() + b"\n")
+            shaped = shape(event)
+            if shaped is not event:
+                await response.write(json.dumps(shaped).encode() + b"\n")
+                return
+        await response.write(event.line() if hasattr(event, "line") else json.dumps(event).encode() + b"\n")
 
 
 class EmulatedApiServer:

@@ -157,10 +157,12 @@ def field_matcher(selector: str | None) -> Any:
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch (also used for strategic merge: lists are replaced whole)."""
+    """RFC 7386 JSON merge patch (lists are replaced whole)."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    # Only the dicts on patched paths are copied: untouched parts are shared with `target`,
+    # which is never modified (stored objects are immutable).
+    result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
@@ -180,7 +182,66 @@ def apply_patch(target: dict[str, Any], patch: Any, content_type: str) -> dict[s
             raise ValueError(f"the JSON patch cannot be applied: {exc}") from None
     if not isinstance(patch, dict):
         raise ValueError("a merge patch must be a JSON object")
+    if "strategic-merge-patch" in content_type:
+        return strategic_merge_patch(target, patch)
     return merge_patch(target, patch)
+
+
+# Lists of built-in kinds merged by key (their `patchMergeKey`), as kubectl's patches expect.
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+              "volumeMounts": "mountPath", "imagePullSecrets": "name", "ownerReferences": "uid",
+              "conditions": "type", "finalizers": None}
+
+
+def strategic_merge_patch(target: Any, patch: Any) -> Any:
+    """A strategic merge patch: keyed lists merged item by item, `$patch`/`$deleteFromPrimitiveList`
+    directives honoured, `$setElementOrder`/`$retainKeys` accepted (order is not enforced)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    directive = patch.get("$patch")
+    if directive == "replace":
+        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if key.startswith("$deleteFromPrimitiveList/"):
+            field = key.split("/", 1)[1]
+            result[field] = [v for v in result.get(field) or [] if v not in (value or [])]
+        elif key.startswith("$"):
+            continue
+        elif value is None:
+            result.pop(key, None)
+        elif isinstance(value, list) and _merge_key(key, value) is not None:
+            result[key] = _merge_list(result.get(key) or [], value, _merge_key(key, value) or "")
+        elif isinstance(value, dict):
+            merged = None if value.get("$patch") == "delete" else strategic_merge_patch(result.get(key), value)
+            if merged is None:
+                result.pop(key, None)
+            else:
+                result[key] = merged
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _merge_key(field: str, items: list[Any]) -> str | None:
+    if not items or not all(isinstance(item, dict) for item in items):
+        return None
+    if field == "ports":  # containerPort for containers, port for Services
+        return "containerPort" if "containerPort" in items[0] else "port"
+    return MERGE_KEYS.get(field)
+
+
+def _merge_list(current: list[Any], patch: list[dict[str, Any]], key: str) -> list[Any]:
+    result = copy.deepcopy(current)
+    for item in patch:
+        position = next((i for i, old in enumerate(result) if isinstance(old, dict) and old.get(key) == item.get(key)), None)
+        if item.get("$patch") == "delete":
+            result = [old for old in result if not (isinstance(old, dict) and old.get(key) == item.get(key))]
+        elif position is None:
+            result.append(strategic_merge_patch({}, item))
+        else:
+            result[position] = strategic_merge_patch(result[position], item)
+    return result
 
 
 def spec_part(obj: dict[str, Any]) -> dict[str, Any]:
@@ -205,3 +266,28 @@ def status_object(code: int, reason: str, message: str, details: dict[str, Any] 
     if details is not None:
         body["details"] = details
     return body
+
+
+# --------------------------------------------------------------------------- request bodies and logs
+
+
+def parse_yaml_body(text: str) -> Any:
+    """A server-side apply body (`application/apply-patch+yaml`): YAML, of which JSON is a subset."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"the body is not valid YAML: {exc}") from None
+
+
+def log_slice(text: str, params: dict[str, str]) -> str:
+    """A container log cut as `tailLines` and `limitBytes` ask (what `kubectl logs --tail` sends)."""
+    tail = params.get("tailLines")
+    if tail is not None and tail.lstrip("-").isdigit() and int(tail) >= 0:
+        lines = text.splitlines(keepends=True)
+        text = "".join(lines[len(lines) - int(tail):]) if int(tail) else ""
+    limit = params.get("limitBytes")
+    if limit is not None and limit.isdigit():
+        text = text.encode()[: int(limit)].decode(errors="ignore")
+    return text

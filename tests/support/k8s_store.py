@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -15,16 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from kiln_api.validation import validate_object
-
+from tests.support.k8s_index import ObjectIndex
 from tests.support.k8s_semantics import (
     ResourcePath,
     apply_patch,
     field_matcher,
     label_matcher,
+    merge_patch,
     spec_part,
     status_object,
 )
+from tests.support.k8s_validation import MemoValidator
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,15 @@ BUILTIN_KINDS: dict[str, Kind] = {
     "kopf.dev/v1/kopfpeerings": Kind("KopfPeering"),
     "kopf.dev/v1/clusterkopfpeerings": Kind("ClusterKopfPeering", namespaced=False),
     "kiln.dev/v1alpha1/trainingjobs": Kind("TrainingJob", status_subresource=True),
+    # What the Helm chart installs (`kubectl apply --server-side` of the rendered chart).
+    "apiextensions.k8s.io/v1/customresourcedefinitions": Kind("CustomResourceDefinition", namespaced=False,
+                                                              status_subresource=True),
+    "apps/v1/deployments": Kind("Deployment", status_subresource=True),
+    "rbac.authorization.k8s.io/v1/clusterroles": Kind("ClusterRole", namespaced=False),
+    "rbac.authorization.k8s.io/v1/clusterrolebindings": Kind("ClusterRoleBinding", namespaced=False),
+    "rbac.authorization.k8s.io/v1/roles": Kind("Role"),
+    "rbac.authorization.k8s.io/v1/rolebindings": Kind("RoleBinding"),
+    "policy/v1/poddisruptionbudgets": Kind("PodDisruptionBudget", status_subresource=True),
 }
 TRAININGJOBS = "kiln.dev/v1alpha1/trainingjobs"
 WATCH_HISTORY = 10_000
@@ -67,13 +78,24 @@ class ApiError(Exception):
 def _encode_string_data(obj: dict[str, Any]) -> None:
     """Secrets store `stringData` base64-encoded under `data`, as the API server does."""
     if obj.get("kind") == "Secret" and isinstance(obj.get("stringData"), dict):
-        data = obj.setdefault("data", {})
+        data = obj["data"] = dict(obj.get("data") or {})  # never the stored version's dict
         for key, value in obj.pop("stringData").items():
             data[key] = base64.b64encode(str(value).encode()).decode()
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class WatchEvent(dict):  # type: ignore[type-arg]
+    """{"type", "object"} plus its JSON line, encoded once however many watchers send it."""
+
+    _line: bytes | None = None
+
+    def line(self) -> bytes:
+        if self._line is None:
+            self._line = json.dumps(self).encode() + b"\n"
+        return self._line
 
 
 Listener = Callable[[str, dict[str, Any]], None]
@@ -85,7 +107,9 @@ class ObjectStore:
     def __init__(self, crd: dict[str, Any], kinds: dict[str, Kind]) -> None:
         self.crd = crd
         self.kinds = kinds
-        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.validator = MemoValidator(crd)
+        self.index = ObjectIndex()
+        self.objects = self.index.objects  # read-only outside this class: writes go through the index
         self.listeners: set[Listener] = set()
         self.strict_fields = False  # set per request from ?fieldValidation=Strict
         self._rv = 1
@@ -130,7 +154,8 @@ class ObjectStore:
 
     def list_objects(self, path: ResourcePath, params: dict[str, str]) -> dict[str, Any]:
         matches = self.matcher(path, params)
-        items = [obj for key, obj in sorted(self.objects.items(), key=lambda kv: str(kv[0])) if matches(key, obj)]
+        keys = self.index.candidates(path.key, path.namespace, params.get("labelSelector"))
+        items = [obj for key in keys if matches(key, obj := self.objects[key])]
         kind = self.kinds[path.key].kind
         api_version = f"{path.group}/{path.version}" if path.group else path.version
         return {"apiVersion": api_version, "kind": f"{kind}List",
@@ -141,7 +166,8 @@ class ObjectStore:
         return str(self._rv)
 
     def _notify(self, path_key: str, event_type: str, obj: dict[str, Any]) -> None:
-        event = {"type": event_type, "object": copy.deepcopy(obj)}
+        # Stored objects are never changed in place (every write stores a new dict), so events share them.
+        event = WatchEvent(type=event_type, object=obj)
         rv = int(obj["metadata"]["resourceVersion"])
         self._history.append((rv, path_key, event))
         for listener in list(self.listeners):
@@ -150,26 +176,32 @@ class ObjectStore:
     def _validate(self, path: ResourcePath, obj: dict[str, Any]) -> dict[str, Any]:
         if path.key != TRAININGJOBS:
             return obj
-        result = validate_object(obj, self.crd)
+        result = self.validator.validate(obj)
         name = obj.get("metadata", {}).get("name") or obj.get("metadata", {}).get("generateName", "")
         errors = self._reportable(result.errors)
         if errors:
             causes = [{"reason": "FieldValueInvalid", "message": e.reason, "field": e.path} for e in errors]
             message = f'TrainingJob.kiln.dev "{name}" is invalid: ' + ", ".join(str(e) for e in errors)
             raise ApiError(422, "Invalid", message, {"name": name, "group": "kiln.dev", "kind": "TrainingJob", "causes": causes})
-        validated = copy.deepcopy(obj)
+        validated = dict(obj)
         validated["spec"] = result.obj.get("spec", {})  # with the CRD's defaults applied
         return validated
 
     def _reportable(self, errors: list[Any]) -> list[Any]:
-        # Unknown fields are pruned silently unless the client asked for ?fieldValidation=Strict.
-        return [e for e in errors if self.strict_fields or not e.reason.startswith("unknown field")]
+        """Unknown fields are pruned silently unless the client asked for ?fieldValidation=Strict;
+        then they fail decoding (400) before any schema check, as on a real server."""
+        unknown = [e for e in errors if e.reason.startswith("unknown field")]
+        if unknown and self.strict_fields:
+            fields = ", ".join(f'unknown field "{e.path}"' for e in unknown)
+            raise ApiError(400, "BadRequest", 'TrainingJob in version "v1alpha1" cannot be handled as a TrainingJob: '
+                           f"strict decoding error: {fields}")
+        return [e for e in errors if not e.reason.startswith("unknown field")]
 
     def _validate_status(self, path: ResourcePath, obj: dict[str, Any]) -> dict[str, Any]:
         """Status writes are checked and pruned against the schema too: unknown status fields vanish."""
         if path.key != TRAININGJOBS:
             return obj
-        result = validate_object(obj, self.crd)
+        result = self.validator.validate(obj)
         errors = [e for e in self._reportable(result.errors) if e.path.startswith("status")]
         if errors:
             name = obj["metadata"]["name"]
@@ -181,8 +213,8 @@ class ObjectStore:
 
     def create(self, path: ResourcePath, body: dict[str, Any]) -> dict[str, Any]:
         kind = self.kinds[path.key]
-        obj = copy.deepcopy(body)
-        meta = obj.setdefault("metadata", {})
+        obj = dict(body)  # the request's own (fresh) body: only the top level and metadata are changed
+        meta = obj["metadata"] = dict(obj.get("metadata") or {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if not meta.get("name"):
@@ -206,10 +238,11 @@ class ObjectStore:
         if kind.kind == "Service":
             self._allocate_cluster_ip(obj)
         _encode_string_data(obj)
-        self.objects[key] = obj
+        self.index.put(key, obj)
         self._notify(path.key, "ADDED", obj)
         # The garbage collector runs continuously: a child created for an owner that is gone goes at once.
-        self._collect_garbage()
+        if self._orphaned(obj):
+            self.delete(self._path_of(key), {})
         return obj
 
     def _allocate_cluster_ip(self, service: dict[str, Any]) -> None:
@@ -230,7 +263,7 @@ class ObjectStore:
         """Replace an object with `change(old)`, keeping server-owned fields and the other half of status/spec."""
         key, kind = self._key(path), self.kinds[path.key]
         old = self.get(path)
-        new = change(copy.deepcopy(old))
+        new = change(old)  # `change` builds a new object and leaves `old` (stored, shared) alone
         if not isinstance(new, dict):
             raise ApiError(400, "BadRequest", "the result must be a JSON object")
         sent_rv = (new.get("metadata") or {}).get("resourceVersion")
@@ -240,19 +273,19 @@ class ObjectStore:
         if path.subresource is not None and (path.subresource != "status" or not kind.status_subresource):
             raise ApiError(404, "NotFound", f"subresource {path.subresource} is not served for {path.plural}")
         if path.subresource == "status":
-            merged = copy.deepcopy(old)
+            merged = dict(old)
             merged["status"] = new.get("status", {})
             new = self._validate_status(path, merged)
         else:
             if kind.status_subresource:
-                new["status"] = copy.deepcopy(old.get("status", {}))
+                new["status"] = old.get("status", {})
             new = self._validate(path, new)
             _encode_string_data(new)
         self._keep_server_fields(old, new, spec_changed=spec_part(old) != spec_part(new))
         if new == old:
             return old  # a no-op write changes nothing, as on a real server
         new["metadata"]["resourceVersion"] = self._bump()
-        self.objects[key] = new
+        self.index.put(key, new)
         self._notify(path.key, "MODIFIED", new)
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             self._remove(path, new, orphan=False)
@@ -260,7 +293,8 @@ class ObjectStore:
 
     @staticmethod
     def _keep_server_fields(old: dict[str, Any], new: dict[str, Any], spec_changed: bool) -> None:
-        meta, old_meta = new.setdefault("metadata", {}), old["metadata"]
+        meta, old_meta = dict(new.get("metadata") or {}), old["metadata"]
+        new["metadata"] = meta  # a copy: the patched object may share it with the stored one
         for name in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "resourceVersion"):
             if name in old_meta:
                 meta[name] = old_meta[name]
@@ -270,8 +304,11 @@ class ObjectStore:
         new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
 
     def patch(self, path: ResourcePath, patch: Any, content_type: str) -> dict[str, Any]:
-        if "apply-patch" in content_type:
-            raise ApiError(415, "UnsupportedMediaType", "server-side apply is not emulated")
+        if "strategic-merge-patch" in content_type and path.key == TRAININGJOBS:
+            # Custom resources have no patch strategies: a real server refuses, and kubectl says so.
+            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted "
+                           "media types include: application/json-patch+json, application/merge-patch+json, "
+                           "application/apply-patch+yaml")
 
         def change(old: dict[str, Any]) -> dict[str, Any]:
             try:
@@ -281,35 +318,73 @@ class ObjectStore:
 
         return self.write(path, change)
 
+    def apply(self, path: ResourcePath, config: Any, manager: str, force: bool) -> tuple[dict[str, Any], int]:
+        """Server-side apply: create the object, or merge the applied configuration into it.
+
+        Simplified: fields are merged (lists whole), never removed for having left a manager's
+        configuration, and there are no conflicts between managers (as with `--force-conflicts`)."""
+        if not isinstance(config, dict):
+            raise ApiError(400, "BadRequest", "the applied configuration must be an object")
+        if not manager:
+            raise ApiError(422, "Invalid", "PATCH, fieldManager: Required value: is required for apply patch")
+        name = (config.get("metadata") or {}).get("name")
+        if name != path.name:
+            raise ApiError(400, "BadRequest", f"the name of the object ({name}) does not match the name on the URL ({path.name})")
+        entry = {"manager": manager, "operation": "Apply", "apiVersion": config.get("apiVersion", ""),
+                 "time": _now(), "fieldsType": "FieldsV1", "fieldsV1": {}}
+        if self._key(path) not in self.objects:
+            body = copy.deepcopy(config)
+            body["metadata"]["managedFields"] = [entry]
+            return self.create(path, body), 201
+
+        def change(old: dict[str, Any]) -> dict[str, Any]:
+            new = merge_patch(old, {k: v for k, v in config.items() if k != "status"})
+            fields = [f for f in old["metadata"].get("managedFields") or [] if f.get("manager") != manager]
+            new["metadata"]["managedFields"] = [*fields, entry]
+            return new
+
+        return self.write(path, change), 200
+
     def delete(self, path: ResourcePath, options: dict[str, Any]) -> dict[str, Any]:
         obj = self.get(path)
-        orphan = options.get("propagationPolicy") == "Orphan" or options.get("orphanDependents") is True
+        policy = options.get("propagationPolicy")
+        orphan = policy == "Orphan" or options.get("orphanDependents") is True
+        if policy == "Foreground":
+            # Dependents go first, then the owner (the emulator has no blocking finalizer to wait on).
+            for key in self.index.dependents(obj["metadata"]["uid"]):
+                if key in self.objects:
+                    self.delete(self._path_of(key), {"propagationPolicy": "Foreground"})
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
                 obj = copy.deepcopy(obj)
                 obj["metadata"]["deletionTimestamp"] = _now()
                 obj["metadata"]["resourceVersion"] = self._bump()
-                self.objects[self._key(path)] = obj
+                self.index.put(self._key(path), obj)
                 self._notify(path.key, "MODIFIED", obj)
             return obj
         return self._remove(path, obj, orphan)
 
     def _remove(self, path: ResourcePath, obj: dict[str, Any], orphan: bool) -> dict[str, Any]:
-        self.objects.pop(self._key(path, obj["metadata"]["name"]), None)
-        gone = copy.deepcopy(obj)
-        gone["metadata"]["resourceVersion"] = self._bump()
+        self.index.pop(self._key(path, obj["metadata"]["name"]))
+        gone = {**obj, "metadata": {**obj["metadata"], "resourceVersion": self._bump()}}
         self._notify(path.key, "DELETED", gone)
         if not orphan:
-            self._collect_garbage()
+            self._collect_dependents(obj["metadata"]["uid"])
         return gone
 
-    def _collect_garbage(self) -> None:
-        """Delete dependents none of whose owners exist any more (background propagation)."""
-        alive = {obj["metadata"]["uid"] for obj in self.objects.values()}
-        for (key, namespace, name), obj in list(self.objects.items()):
-            owners = [ref.get("uid") for ref in obj["metadata"].get("ownerReferences") or []]
-            if owners and not any(uid in alive for uid in owners) and (key, namespace, name) in self.objects:
-                group_version, plural = key.rsplit("/", 1)
-                group, _, version = group_version.rpartition("/")
-                self.delete(ResourcePath(group, version, plural, namespace, name), {})
+    @staticmethod
+    def _path_of(key: tuple[str, str | None, str]) -> ResourcePath:
+        group_version, plural = key[0].rsplit("/", 1)
+        group, _, version = group_version.rpartition("/")
+        return ResourcePath(group, version, plural, key[1], key[2])
 
+    def _orphaned(self, obj: dict[str, Any]) -> bool:
+        owners = [str(ref.get("uid")) for ref in obj["metadata"].get("ownerReferences") or []]
+        return bool(owners) and not any(self.index.alive(uid) for uid in owners)
+
+    def _collect_dependents(self, uid: str) -> None:
+        """Background propagation: delete the dependents of `uid` none of whose owners exist any more."""
+        for key in self.index.dependents(uid):
+            obj = self.objects.get(key)
+            if obj is not None and self._orphaned(obj):
+                self.delete(self._path_of(key), {})
