@@ -99,13 +99,15 @@ def job_manifest(name: str, source: Path, loading: str, architecture: str, image
     }
 
 
-def sample_workers(stop: threading.Event, peaks: dict[int, int]) -> None:
-    """Largest RSS seen per Ray Train worker process, until `stop`."""
+def sample_workers(stop: threading.Event, peaks: dict[int, int], unique: dict[int, int]) -> None:
+    """Largest RSS and USS seen per Ray Train worker process, until `stop`. RSS counts the pages of
+    Ray's shared object store a worker has mapped; USS only the worker's own memory."""
     while not stop.wait(0.2):
         for proc in psutil.process_iter(["pid", "cmdline"]):
             try:
                 if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
                     peaks[proc.pid] = max(peaks.get(proc.pid, 0), proc.memory_info().rss)
+                    unique[proc.pid] = max(unique.get(proc.pid, 0), proc.memory_full_info().uss)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
 
@@ -116,8 +118,9 @@ def run(name: str, manifest: dict[str, Any], workdir: Path) -> dict[str, Any]:
     out = workdir / "out"
     ray_tmp = tempfile.mkdtemp(prefix="kds-", dir="/tmp")
     peaks: dict[int, int] = {}
+    unique: dict[int, int] = {}
     stop = threading.Event()
-    sampler = threading.Thread(target=sample_workers, args=(stop, peaks), daemon=True)
+    sampler = threading.Thread(target=sample_workers, args=(stop, peaks, unique), daemon=True)
     sampler.start()
     started = time.monotonic()
     env = {**os.environ, "KILN_RAY_TEMP_DIR": ray_tmp}
@@ -133,6 +136,7 @@ def run(name: str, manifest: dict[str, Any], workdir: Path) -> dict[str, Any]:
     status = json.loads((out / name / "status.json").read_text())
     figures = {
         "peak_rss_mib_per_worker": round(max(peaks.values()) / 2**20, 1) if peaks else None,
+        "peak_uss_mib_per_worker": round(max(unique.values()) / 2**20, 1) if unique else None,
         "samples_per_second": round(record["samples_per_second"], 1),
         "rows": status["progress"].get("trainRows"),
         "placement": status["progress"].get("dataPlacement"),

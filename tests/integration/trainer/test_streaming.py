@@ -132,3 +132,18 @@ def test_two_workers_train_on_a_streamed_image_folder_with_augmentation_on_the_d
     assert "test_accuracy" in status["metrics"]
     assert "placement: stream" in out.getvalue()
     assert (tmp_path / "out" / "streamed-images" / "checkpoints" / "stream_plan.json").is_file()
+
+
+def test_two_workers_train_on_a_streamed_parquet_table_while_they_hold_every_cpu(ray_cluster, tmp_path: Path) -> None:
+    # The shared cluster has 2 CPUs and the two training workers take both: every Ray Data task
+    # (file listing included) must run without asking for one.
+    write_table(tmp_path / "table.parquet", rows=240)
+    training_job = job("streamed-table", {
+        "data": {"source": str(tmp_path / "table.parquet"), "loading": "stream"}, "workers": {"replicas": 2},
+        "model": {"architecture": "mlp", "hiddenUnits": [8]}, "hyperparameters": {"epochs": 1, "batchSize": 16},
+    })
+    out = io.StringIO()
+    code, _ = run_local(training_job, str(tmp_path / "out"), manifest_dir=str(tmp_path), stream=out)
+    assert code == 0, out.getvalue()[-2000:]
+    status = json.loads((tmp_path / "out" / "streamed-table" / "status.json").read_text())
+    assert (status["phase"], status["progress"]["dataPlacement"]) == ("Succeeded", "stream")

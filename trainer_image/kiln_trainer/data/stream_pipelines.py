@@ -88,6 +88,9 @@ class StreamSource:
         import ray.data
 
         if self.format == DataFormat.parquet:
+            # Ray Data's newer parquet reader lists files in a task that asks for a whole CPU, which
+            # the training workers hold: it would wait forever. The older one honours TASK_ARGS.
+            ray.data.DataContext.get_current().use_datasource_v2 = False
             return ray.data.read_parquet(self.root, filesystem=self.filesystem, **TASK_ARGS)
         delimiter = "\t" if self.root.lower().endswith(".tsv") else ","
         import pyarrow.csv as pacsv
