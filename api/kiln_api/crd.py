@@ -64,6 +64,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Best", "type": "number", "jsonPath": ".status.best.value"},
     {"name": "Workers", "type": "string", "jsonPath": ".status.workers.summary"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+    # A search's finished/total trials; `kubectl get tj -o wide` (priority 1) keeps the default table as it was.
+    {"name": "Trials", "type": "string", "jsonPath": ".status.search.summary", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

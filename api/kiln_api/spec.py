@@ -26,6 +26,8 @@ from .k8s_syntax import (
     LabelValue,
     OptionalLabelKey,
 )
+from .search import SPEC_RULES as SEARCH_RULES
+from .search import SearchSpec
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 QUANTITY_MAX_LENGTH = 32
@@ -329,9 +331,6 @@ class DataSpec(ApiModel):
         "activations, gradients and optimizer state.",
     )
 
-
-# --------------------------------------------------------------------------- hyperparameters
-
     cross_field_rules = (
         CrossFieldRule(
             cel="!has(self.loading) || self.loading != 'stream' || !has(self.source) "
@@ -348,6 +347,9 @@ class DataSpec(ApiModel):
             check=lambda d: d.loading != DataLoading.stream or d.preprocessing.impute != Impute.median,
         ),
     )
+
+
+# --------------------------------------------------------------------------- hyperparameters
 
 
 class Optimizer(str, Enum):
@@ -553,6 +555,7 @@ class TrainingJobSpec(ApiModel):
         description="Network access beyond the job's own pods. By default its NetworkPolicy allows egress only to "
         "the job's pods, the cluster DNS and, when a location is on S3, port 443.",
     )
+    search: Optional[SearchSpec] = Field(None, description="Hyperparameter search: run trials of this job on Ray Tune and keep the best; absent trains once.")
 
     cross_field_rules = (
         CrossFieldRule(
@@ -588,7 +591,7 @@ class TrainingJobSpec(ApiModel):
             or not s.early_stopping.metric.startswith("val_")
             or s.data.split.validation > 0.0,
         ),
-    )
+    ) + SEARCH_RULES
 
     @property
     def effective_model(self) -> ModelSpec:

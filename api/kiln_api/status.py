@@ -13,6 +13,7 @@ from typing import Optional
 from pydantic import Field
 
 from .base import ApiModel
+from .search import SearchStatus
 
 
 class Phase(str, Enum):
@@ -131,6 +132,7 @@ class TrainingJobStatus(ApiModel):
     best: Optional[BestStatus] = Field(None, description="Best checkpoint so far.")
     checkpoint: Optional[CheckpointStatus] = Field(None, description="Newest complete checkpoint.")
     early_stopping: Optional[EarlyStoppingStatus] = Field(None, description="Early-stopping state and outcome.")
+    search: Optional[SearchStatus] = Field(None, description="Hyperparameter search progress and best trial (spec.search).")
     restarts: int = Field(0, ge=0, description="Times the Ray cluster was recreated after losing its head.")
     start_time: Optional[str] = Field(None, description="When the job first started running (RFC 3339).")
     completion_time: Optional[str] = Field(None, description="When the job succeeded or failed (RFC 3339).")

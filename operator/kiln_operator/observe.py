@@ -32,7 +32,7 @@ STATUS_MAX_DEPTH = 32  # the driver's /status nests 3 levels; deeper is not a st
 # What the driver's /status fields may be (docs/contracts.md §2); None is "not reported".
 STATUS_FIELD_TYPES: dict[str, type] = {
     "phase": str, "reason": str, "message": str, "startTime": str, "completionTime": str,
-    "progress": dict, "metrics": dict, "best": dict, "checkpoint": dict, "earlyStopping": dict,
+    "progress": dict, "metrics": dict, "best": dict, "checkpoint": dict, "earlyStopping": dict, "search": dict,
 }  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from kiln_api import Phase, TrainingJob, TrainingJobStatus
+from kiln_api.search import cluster_workers
 from kiln_api.status import WorkersStatus
 from kiln_api.timefmt import format_time
 from kiln_api.topology import training_topology, workers_status
@@ -107,7 +108,7 @@ def _workers(ctx: Context) -> dict:
     ready = sum(1 for pod in ctx.pods_of(WORKER).values() if pod_state.is_ready(pod))
     if job is None:
         return WorkersStatus(ready=ready, summary=f"{ready}/0").model_dump(by_alias=True, mode="json")
-    return workers_status(training_topology(job.spec.workers), ready).model_dump(by_alias=True, mode="json")
+    return workers_status(training_topology(cluster_workers(job.spec)), ready).model_dump(by_alias=True, mode="json")
 
 
 def _wanted_conditions(ctx: Context, plan: Plan, status: dict) -> list[Want]:

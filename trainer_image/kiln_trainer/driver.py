@@ -542,6 +542,10 @@ def main(environ: Optional[dict[str, str]] = None) -> int:
         startup_timeout_s=float(job.spec.startup_timeout_seconds),
         listeners=[log_epochs],
     )
+    if job.spec.search is not None:  # trials on this Ray cluster, by Ray Tune (search_cluster.py)
+        from .search_cluster import run_search_in_cluster
+
+        return run_search_in_cluster(job, options)
     return JobRunner(job, options).run()
 
 

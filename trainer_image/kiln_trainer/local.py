@@ -281,6 +281,10 @@ def run_local_cli(file: str, output: str, workers: int | None, use_ray: bool = F
     job, note = fit_to_machine(job, node, explicit=workers is not None)
     if note:
         print(f"kiln: {note}", file=sys.stderr)
+    if job.spec.search is not None:  # trials on Ray Tune, each a run like this one (search_run.py)
+        from .search_run import run_search_cli
+
+        return run_search_cli(job, output, node=node, manifest_dir=os.path.dirname(os.path.abspath(file)), use_ray=use_ray)
     code, runner = run_local(job, output, manifest_dir=os.path.dirname(os.path.abspath(file)), use_ray=use_ray, node=node)
     status = runner.status
     out_dir = os.path.join(output, job.name)

@@ -8,6 +8,7 @@ the group until all of its pods exist, which is why every pod is created in one 
 from __future__ import annotations
 
 from kiln_api import TrainingJob
+from kiln_api.search import cluster_replicas
 
 from .labels import KUEUE_GROUP_LABEL, KUEUE_QUEUE_LABEL, KUEUE_TOTAL_ANNOTATION
 
@@ -26,4 +27,4 @@ def kueue_labels(job: TrainingJob) -> dict[str, str]:
 def kueue_annotations(job: TrainingJob) -> dict[str, str]:
     if queue_name(job) is None:
         return {}
-    return {KUEUE_TOTAL_ANNOTATION: str(1 + job.spec.workers.replicas)}
+    return {KUEUE_TOTAL_ANNOTATION: str(1 + cluster_replicas(job.spec))}

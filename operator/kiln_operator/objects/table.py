@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from kiln_api import TrainingJob
+from kiln_api.search import cluster_replicas
 
 from ..settings import OperatorSettings
 from .head_pod import build_head_pod
@@ -84,7 +85,7 @@ class Child:
         return self.from_pods_spec and self.read_back and not self.listed
 
     def indices(self, job: TrainingJob) -> range:
-        return range(job.spec.workers.replicas) if self.scope is Scope.WORKER else range(1)
+        return range(cluster_replicas(job.spec)) if self.scope is Scope.WORKER else range(1)
 
     def names(self, job: TrainingJob) -> list[str]:
         return [self.name(job, index) for index in self.indices(job)]

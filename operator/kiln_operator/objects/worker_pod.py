@@ -24,6 +24,7 @@ import math
 import shlex
 
 from kiln_api import TrainingJob
+from kiln_api.search import cluster_replicas
 
 from ..settings import OperatorSettings
 from .head_pod import PROBE_PERIOD_SECONDS, startup_failure_threshold
@@ -80,8 +81,8 @@ def worker_probes(job: TrainingJob) -> dict:
 
 def build_worker_pod(job: TrainingJob, settings: OperatorSettings, index: int) -> dict:
     workers = job.spec.workers
-    if not 0 <= index < workers.replicas:
-        raise ValueError(f"index: Invalid value: {index}: must be in [0, {workers.replicas})")
+    if not 0 <= index < cluster_replicas(job.spec):
+        raise ValueError(f"index: Invalid value: {index}: must be in [0, {cluster_replicas(job.spec)})")
     main = container(job, settings, "ray-worker", worker_script(job))
     main.update(
         env=[*ray_env(), *auth_env(job)],
@@ -97,4 +98,4 @@ def build_worker_pod(job: TrainingJob, settings: OperatorSettings, index: int) -
 
 
 def build_worker_pods(job: TrainingJob, settings: OperatorSettings) -> list[dict]:
-    return [build_worker_pod(job, settings, index) for index in range(job.spec.workers.replicas)]
+    return [build_worker_pod(job, settings, index) for index in range(cluster_replicas(job.spec))]

@@ -13,7 +13,7 @@ import pytest
 from kiln_api import TrainingJob
 from kiln_api.errors import FieldError, pydantic_errors
 from kiln_api.manifests import load_file
-from kiln_api.validation import validate_object
+from kiln_api.validation import crd_schema, validate_object
 from pydantic import ValidationError
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -32,7 +32,8 @@ def _pydantic(obj: dict) -> list[FieldError]:
     try:
         TrainingJob.model_validate(obj)
     except ValidationError as exc:
-        return pydantic_errors(exc)
+        # With the schema, map keys print as the CRD validator prints them: `parameters[model.dropout]`.
+        return pydantic_errors(exc, crd_schema())
     return []
 
 

@@ -287,6 +287,7 @@ SEEDS: dict[tuple[Any, ...], str] = {
     ("spec", "checkpoint", "storage"): "pvc://checkpoints/runs/prop",
     ("spec", "checkpoint", "metric"): "val_loss",
     ("spec", "earlyStopping", "metric"): "val_loss",
+    ("spec", "search", "metric"): "val_loss",
     ("spec", "network", "egress", 0, "cidr"): "10.20.0.0/16",
     ("metadata", "labels", "<key>"): "example.com/team",
     ("metadata", "labels", "team"): "vision",
@@ -338,6 +339,8 @@ def with_string(path: tuple[Any, ...], value: str) -> dict[str, Any]:
         node[value] = "v"
     else:
         node[path[-1]] = value
+    if path[:2] == ("spec", "search") and "parameters" not in node:
+        node["parameters"] = {"model.dropout": {"uniform": [0.0, 0.5]}}
     if path[:3] == ("spec", "model", "pretrained") and "path" not in node:
         node["path"] = "pvc://models/w.pt"
     if path[:3] == ("spec", "workers", "tolerations"):

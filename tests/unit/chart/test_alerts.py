@@ -201,6 +201,23 @@ CASES: dict[str, tuple[Any, ...]] = {
                "Check the operator logs: kubectl logs -n kiln-system -l app.kubernetes.io/component=operator.",
                "kilnreconcileerrors")],
     ),
+    "search-trials-failed-beyond-the-limit-fire": (
+        "1m",
+        [series("kiln_search_trials", JOB_SELECTOR + ',state="Failed"', "0 1 2 3 4x10"),
+         series("kiln_search_trials", JOB_SELECTOR + ',state="Succeeded"', "0+1x14"),
+         series("kiln_search_max_failed_trials", JOB_SELECTOR, "3x14")],
+        [alert("KilnSearchTrialsFailed", "4m", []),  # 4 > 3 just now: pending
+         fired("KilnSearchTrialsFailed", "10m", ALERT_JOB_LABELS,
+               "4 trials of the search TrainingJob ml/digits failed, more than spec.search.maxFailedTrials",
+               "Read why in search.json beside the checkpoints or in the head log: kubectl logs -n ml digits-head.",
+               "kilnsearchtrialsfailed")],
+    ),
+    "search-trials-failed-within-the-limit-do-not-fire": (
+        "1m",
+        [series("kiln_search_trials", JOB_SELECTOR + ',state="Failed"', "0 1 2 3x10"),
+         series("kiln_search_max_failed_trials", JOB_SELECTOR, "3x13")],
+        [alert("KilnSearchTrialsFailed", "12m", [])],
+    ),
     "occasional-reconcile-errors-do-not-fire": (
         "1m",
         [series("kiln_reconcile_errors_total", 'reason="ApiError",job="kiln-metrics"', "0 0 1 1 2 2 2 2 2 2 2 2 2 2 2 2")],
@@ -208,7 +225,7 @@ CASES: dict[str, tuple[Any, ...]] = {
     ),
 }
 ALERTS = {"KilnTrainingJobFailed", "KilnTrainingJobRestartingRepeatedly", "KilnTrainingStalled",
-          "KilnCheckpointTooOld", "KilnOperatorDown", "KilnReconcileErrors"}
+          "KilnCheckpointTooOld", "KilnOperatorDown", "KilnReconcileErrors", "KilnSearchTrialsFailed"}
 
 
 def _alerts(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -236,7 +253,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_promtool_check_rules_accepts_the_rendered_rules(rule_files: dict[str, Path]) -> None:
-    for name, count in (("scraped", 6), ("default", 5)):
+    for name, count in (("scraped", 7), ("default", 6)):
         result = _promtool("check", "rules", str(rule_files[name]))
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"SUCCESS: {count} rules found" in result.stdout, name

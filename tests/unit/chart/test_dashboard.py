@@ -14,9 +14,11 @@ EXPECTED_PANELS = {
     "Best metric", "Epoch duration", "Time since progress", "Early stopping wait", "Checkpoint age",
     "Checkpoint duration", "GPU utilisation", "GPU memory", "GPU utilisation (DCGM)", "GPU framebuffer used (DCGM)",
     "Pod CPU", "Pod memory", "Reconcile latency", "Reconcile errors", "Finished job duration",
+    "Search trials by state", "Search best metric",
 }
 # What a panel's series need besides Kiln's own processes, by the metric prefix that needs it.
-REQUIRES = {"cuda": ("kiln_gpu_", "kiln_torch_cuda_"), "dcgm": ("DCGM_",), "cadvisor": ("container_",)}
+REQUIRES = {"cuda": ("kiln_gpu_", "kiln_torch_cuda_"), "dcgm": ("DCGM_",), "cadvisor": ("container_",),
+            "search": ("kiln_search_",)}  # a job with spec.search
 # Operator series that carry the TrainingJob's namespace as `namespace`.
 OPERATOR_NAMESPACED = ("kiln_trainingjobs", "kiln_trainingjob_restarts_total")
 
