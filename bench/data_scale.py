@@ -116,6 +116,8 @@ def run(name: str, manifest: dict[str, Any], workdir: Path) -> dict[str, Any]:
     job_file = workdir / f"{name}.yaml"
     job_file.write_text(yaml.safe_dump(manifest))
     out = workdir / "out"
+    # A fresh output (and so fresh checkpoints): an earlier run's would be resumed, not trained again.
+    shutil.rmtree(out / name, ignore_errors=True)
     ray_tmp = tempfile.mkdtemp(prefix="kds-", dir="/tmp")
     peaks: dict[int, int] = {}
     unique: dict[int, int] = {}
