@@ -76,17 +76,17 @@ def builtin_metrics(data: DataSpec) -> tuple[str, ...]:
     )
 
 
-def _cel_list(names: tuple[str, ...]) -> str:
+def cel_list(names: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{n}'" for n in names) + "]"
 
 
 # The same choice as `builtin_metrics`, in CEL on a TrainingJob spec (defaults applied).
 BUILTIN_METRICS_CEL = (
     "((self.data.task == 'regression' || (self.data.task == 'auto' && self.data.source == 'synthetic:regression'))"
-    f" ? {_cel_list(REGRESSION_METRICS)}"
+    f" ? {cel_list(REGRESSION_METRICS)}"
     " : ((self.data.task == 'classification' || (self.data.task == 'auto' && (self.data.source.startsWith('builtin:')"
     " || self.data.source == 'synthetic:classification')))"
-    f" ? {_cel_list(CLASSIFICATION_METRICS)} : {_cel_list(ALL_BUILTIN_METRICS)}))"
+    f" ? {cel_list(CLASSIFICATION_METRICS)} : {cel_list(ALL_BUILTIN_METRICS)}))"
 )
 METRICS_MESSAGE = (
     "must be a metric the built-in model reports: train_loss, val_loss, and val_accuracy (classification) "

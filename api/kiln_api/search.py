@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from .base import ApiModel, CrossFieldRule
-from .job_checks import BUILTIN_METRICS_CEL, METRICS_MESSAGE, builtin_metrics
+from .job_checks import BUILTIN_METRICS_CEL, METRICS_MESSAGE, builtin_metrics, cel_list
 
 # Paths a search may vary, by the distributions they admit. Continuous distributions only fit
 # float fields, randint only integer fields; every path takes `choice`.
@@ -50,10 +50,6 @@ MAX_CHOICES = 64
 MAX_CLUSTER_WORKERS = 1024
 # Trials listed in status.search.trials (best first, then running): a status must stay small.
 MAX_STATUS_TRIALS = 20
-
-
-def _cel_list(names: tuple[str, ...]) -> str:
-    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
 
 
 class Algorithm(str, Enum):
@@ -147,7 +143,7 @@ def _continuous(d: Distribution) -> bool:
 
 
 PATHS_RULE = {
-    "rule": f"self.all(k, k in {_cel_list(PARAMETER_PATHS)})",
+    "rule": f"self.all(k, k in {cel_list(PARAMETER_PATHS)})",
     "message": "unknown parameter path; must be one of " + ", ".join(PARAMETER_PATHS),
 }
 
@@ -171,13 +167,13 @@ class SearchSpec(ApiModel):
 
     cross_field_rules = (
         CrossFieldRule(
-            cel=_paths_all(f"(!has(self.parameters[k].uniform) && !has(self.parameters[k].loguniform)) || k in {_cel_list(FLOAT_PATHS)}"),
+            cel=_paths_all(f"(!has(self.parameters[k].uniform) && !has(self.parameters[k].loguniform)) || k in {cel_list(FLOAT_PATHS)}"),
             message="uniform and loguniform fit float fields only (" + ", ".join(FLOAT_PATHS) + "); use choice or randint",
             field_path=".parameters",
             check=lambda s: all(path in FLOAT_PATHS for path, d in s.parameters.items() if _continuous(d)),
         ),
         CrossFieldRule(
-            cel=_paths_all(f"!has(self.parameters[k].randint) || k in {_cel_list(INTEGER_PATHS)}"),
+            cel=_paths_all(f"!has(self.parameters[k].randint) || k in {cel_list(INTEGER_PATHS)}"),
             message="randint fits integer fields only (" + ", ".join(INTEGER_PATHS) + "); use choice",
             field_path=".parameters",
             check=lambda s: all(path in INTEGER_PATHS for path, d in s.parameters.items() if d.randint is not None),

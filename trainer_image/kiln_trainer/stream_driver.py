@@ -16,7 +16,7 @@ from kiln_api.spec import DataSpec
 from .checkpoint_io import Storage
 from .data.errors import DataError
 from .data.hash_split import TRAIN, VALIDATION
-from .data.sources import _is_dir, infer_format
+from .data.sources import infer_format, is_dir
 from .data.stream_pipelines import StreamSource, open_source, source_bytes
 from .data.stream_plan import MAX_PLAN_BYTES, PLAN_FILE, STREAM, StreamPlan, choose_loading, data_key, is_file_source
 from .storage import exists, resolve_location
@@ -33,7 +33,7 @@ def streaming_source(spec: DataSpec, pvc_root: str) -> Optional[StreamSource]:
     try:
         if not exists(location):
             return None  # the in-memory path reports the missing source with its usual message
-        source = open_source(spec, location, infer_format(spec.format, location, _is_dir(location)))
+        source = open_source(spec, location, infer_format(spec.format, location, is_dir(location)))
         size = source_bytes(source.fs, source.root)
     except (ImportError, OSError) as exc:
         raise DataError("spec.data.source", f"{spec.source}: cannot reach {location}: {exc}") from exc

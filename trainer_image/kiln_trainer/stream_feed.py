@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 from kiln_api.spec import DataSpec
 
+from .batch_feed import augmentation_seed
 from .data import DataBundle
 from .data.augmentation import ChannelNormalize, batch_train_transform
 from .data.stream_plan import StreamPlan
@@ -104,8 +105,6 @@ class StreamFeed:
         self.generator: Optional[torch.Generator] = None
 
     def epoch_batches(self, epoch: int, seed: int, rank: int) -> Iterator[Batch]:
-        from .batch_feed import augmentation_seed
-
         if self.transform is not None and self.generator is None:
             self.generator = torch.Generator(device=self.train.device)
         if self.generator is not None:

@@ -134,7 +134,7 @@ def load_location(spec: DataSpec, pvc_root: str) -> RawData:
         raise DataError("spec.data.source", f"{spec.source}: cannot reach {location}: {exc}") from exc
     if not found:
         raise DataError("spec.data.source", f"{spec.source}: no such file or directory ({location})")
-    data_format = infer_format(spec.format, location, _is_dir(location))
+    data_format = infer_format(spec.format, location, is_dir(location))
     if data_format == DataFormat.imagefolder:
         return load_image_folder(location, spec.image_size, source=spec.source)
     task = None if spec.task == Task.auto else spec.task.value
@@ -161,7 +161,7 @@ def infer_format(requested: DataFormat, location: str, is_dir: bool) -> DataForm
     )
 
 
-def _is_dir(location: str) -> bool:
+def is_dir(location: str) -> bool:
     if is_remote(location):
         import fsspec
 

@@ -7,6 +7,7 @@ keeps the same split (a pure function of the seed) and the same preprocessing st
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -81,8 +82,6 @@ class StreamPlan:
 
 def data_key(spec: DataSpec) -> str:
     """A digest of everything in spec.data that the plan depends on."""
-    import hashlib
-
     relevant = spec.model_dump(mode="json", exclude={"placement", "device_memory_fraction", "augmentation"})
     relevant["stream"] = {}  # buffer sizes do not change statistics
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
