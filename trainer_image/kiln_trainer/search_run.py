@@ -12,6 +12,7 @@ status.json (status.search filled in), trials/<trial>/model.pt and model.pt (the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -45,6 +46,8 @@ from .search_space import decode_config, num_samples, param_space, scheduler, se
 from .status_json import status_document
 from .storage import resolve_location
 from .worker import write_bytes
+
+log = logging.getLogger("kiln_trainer.search")
 
 # Reported with every epoch, for the driver to tell a pruned trial from one that ended on its own.
 EPOCHS_KEY, KILN_STOPPED_KEY = "kiln_epochs", "kiln_stopped"
@@ -116,11 +119,18 @@ def trial_resources(topology: TrainingTopology, in_process: bool) -> dict[str, f
     return {"CPU": topology.cpus_per_worker, **({"GPU": 1.0} if topology.use_gpu else {})}
 
 
+# The tables of the searches this process drives, by experiment directory. A restored Tuner brings
+# back its callbacks from tuner.pkl: the copy it unpickles must become the table this driver
+# draws and reports with, not a detached one.
+_LIVE_TABLES: dict[str, TrialTable] = {}
+
+
 class TrialTable(tune.Callback):
     """Follows the trials (records kept in start order) and draws the live table of them."""
 
-    def __init__(self, search: SearchSpec, stream: Optional[TextIO], on_change: Optional[Callable[[list[TrialRecord]], None]] = None) -> None:
-        self.search, self.stream, self.on_change = search, stream, on_change
+    def __init__(self, search: SearchSpec, stream: Optional[TextIO], on_change: Optional[Callable[[list[TrialRecord]], None]] = None,
+                 key: str = "") -> None:
+        self.search, self.stream, self.on_change, self.key = search, stream, on_change, key
         self.records: dict[str, TrialRecord] = {}
         self._ends: dict[str, tuple[int, bool]] = {}
         self._drawn = 0
@@ -130,6 +140,17 @@ class TrialTable(tune.Callback):
         # Tune pickles its run config (tuner.pkl) for a restore: the terminal and the driver's
         # status hook stay with this process.
         return {**self.__dict__, "stream": None, "on_change": None, "tty": False}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        live = _LIVE_TABLES.get(state.get("key", ""))
+        self.__dict__ = live.__dict__ if live is not None else state
+
+    def seed(self, records: list[TrialRecord], ends: dict[str, tuple[int, bool]]) -> None:
+        """Trials an earlier driver of this search saw (a restored search's callbacks hear nothing of them)."""
+        for record in records:
+            self.records.setdefault(record.trial, record)
+        for trial, end in ends.items():
+            self._ends.setdefault(trial, end)
 
     def _record(self, trial: Any) -> TrialRecord:
         if trial.trial_id not in self.records:
@@ -142,7 +163,9 @@ class TrialTable(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         record = self._record(trial)
-        record.history.append(metrics_of(result, self.search.metric))
+        latest = metrics_of(result, self.search.metric)
+        # A trial restarted after a driver's loss reports its epochs again from where its checkpoint was.
+        record.history = [h for h in record.history if h["epoch"] < latest["epoch"]] + [latest]
         self._ends[trial.trial_id] = (int(result.get(EPOCHS_KEY, 0)), bool(result.get(KILN_STOPPED_KEY)))
         self._draw(changed=False)
 
@@ -155,7 +178,7 @@ class TrialTable(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
         record.state = TrialState.failed
-        record.error = _trial_error(trial)
+        record.error = trial_error_text(str(getattr(trial, "error_msg", "") or ""))
         self._draw(changed=True)
 
     def _draw(self, changed: bool) -> None:
@@ -171,8 +194,8 @@ class TrialTable(tune.Callback):
         self._drawn = len(lines)
 
 
-def _trial_error(trial: Any) -> str:
-    text = str(getattr(trial, "error_msg", "") or "")
+def trial_error_text(text: str) -> str:
+    """The line of a trial's error that says why (TrialFailed's message), not its traceback."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     message = next((line for line in reversed(lines) if "TrialFailed" in line), lines[-1] if lines else "trial failed")
     return message.split("TrialFailed:", 1)[-1].strip()[:1000]
@@ -218,12 +241,15 @@ def run_search(job: TrainingJob, out_dir: str, *, node: Optional[dict[str, float
     own_tmp = not os.environ.get("KILN_RAY_TEMP_DIR")
     ray_tmp = os.environ.get("KILN_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix="kiln-", dir="/tmp")
     setup = SearchSetup(job, checkpoint_root, out_dir, pvc_root, ray_tmp, in_process, python_path or [])
-    table = TrialTable(search, stream, on_change)
+    experiment = os.path.join(checkpoint_root, "tune", f"{job.name}-search")
+    table = TrialTable(search, stream, on_change, key=experiment)
     owns_ray = connect_ray(DriverOptions(checkpoint_dir=checkpoint_root, ray_address=place.ray_address, ray_temp_dir=ray_tmp,
                                          local_num_cpus=int(node.get("CPU", 0)) or None, local_num_gpus=int(node.get(GPU, 0))))
+    _LIVE_TABLES[experiment] = table
     try:
-        _tuner(job, setup, table, trial_resources(topology, in_process)).fit()
+        _open_tuner(job, setup, table, trial_resources(topology, in_process), experiment).fit()
     finally:
+        _LIVE_TABLES.pop(experiment, None)
         if owns_ray:
             import ray
 
@@ -235,10 +261,47 @@ def run_search(job: TrainingJob, out_dir: str, *, node: Optional[dict[str, float
     return _conclude(job, search, records, out_dir, checkpoint_root)
 
 
-def _tuner(job: TrainingJob, setup: SearchSetup, table: TrialTable, resources: dict[str, float]) -> Any:
+def _open_tuner(job: TrainingJob, setup: SearchSetup, table: TrialTable, resources: dict[str, float], experiment: str) -> Any:
+    """A new search, or the one an earlier driver of this job left in storage (its head pod was lost,
+    or `kiln run` was stopped): Tune's experiment restore keeps the finished trials' results and does
+    not run them again; the unfinished ones start again and resume from their own Kiln checkpoints."""
     search = job.spec.search
     assert search is not None
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+    if not tune.Tuner.can_restore(experiment):
+        return _tuner(job, setup, table, trainable)
+    log.warning("resuming the search from %s", experiment)
+    if table.stream is not None:
+        table.stream.write(f"kiln: resuming the search from {experiment}: finished trials are not run again\n")
+    tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    table.seed(*restored_trials(tuner.get_results(), search))
+    return tuner
+
+
+def restored_trials(results: Any, search: SearchSpec) -> tuple[list[TrialRecord], dict[str, tuple[int, bool]]]:
+    """The trials of a restored experiment as records, from the results Tune kept for them."""
+    records, ends = [], {}
+    for result in results:
+        last = result.metrics or {}
+        if not last.get("trial_id"):
+            continue  # never reported: it runs (again) and its callbacks record it
+        frame = result.metrics_dataframe
+        rows = frame.to_dict("records") if frame is not None else [last]
+        record = TrialRecord(str(last["trial_id"]), decode_config(search, result.config or {}))
+        record.history = [metrics_of({k: v for k, v in row.items() if v == v}, search.metric) for row in rows]  # v == v: not NaN
+        end = (int(last.get(EPOCHS_KEY, 0)), bool(last.get(KILN_STOPPED_KEY)))
+        if result.error is not None:
+            record.state, record.error = TrialState.failed, trial_error_text(str(result.error))
+        else:
+            record.state = ended_state(record.epochs, *end)
+        records.append(record)
+        ends[record.trial] = end
+    return records, ends
+
+
+def _tuner(job: TrainingJob, setup: SearchSetup, table: TrialTable, trainable: Any) -> Any:
+    search = job.spec.search
+    assert search is not None
     return tune.Tuner(
         trainable,
         param_space=param_space(search),

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from kiln_trainer.search_run import run_search
 from kiln_trainer.search_space import trial_job
 
 from tests.integration.trainer.test_resume import kill_leftovers
+from tests.support.waiting import wait_for
 
 NODE = {"CPU": 2.0, "GPU": 0.0}
 ROOT = Path(__file__).resolve().parents[3]
@@ -167,3 +169,58 @@ def test_the_head_pods_driver_runs_a_search_on_the_cluster_and_reports_it(ray_cl
     assert final["search"]["best"]["trial"] == document["best"]["trial"]
     assert (storage / "model.pt").exists()
     assert all((storage / "trials" / t["trial"]).is_dir() for t in document["trials"])
+
+
+def finished_trials(experiment: Path) -> list[str]:
+    """Trials that Tune's saved experiment state records as finished (what a restore keeps)."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return []
+    try:
+        document = json.loads(states[-1].read_text())
+    except (OSError, ValueError):  # being rewritten
+        return []
+    trials = [json.loads(entry[0]) if isinstance(entry, list) else entry for entry in document.get("trial_data", [])]
+    return [t["trial_id"] for t in trials if isinstance(t, dict) and t.get("status") == "TERMINATED"]
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_driver_resumes_the_search_without_rerunning_finished_trials(tmp_path, monkeypatch):
+    from tests.integration.trainer.test_resume import kiln_run
+
+    name = "resume-search"
+    manifest = {"apiVersion": "kiln.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+                "spec": {"workers": {"replicas": 1, "cpusPerWorker": 1}, "data": {"source": "builtin:digits"},
+                         "hyperparameters": {"epochs": 2, "batchSize": 64, "seed": 3},
+                         "checkpoint": {"metric": "val_accuracy"},
+                         "search": {"algorithm": "grid", "metric": "val_accuracy", "maxConcurrentTrials": 1,
+                                    "parameters": {"hyperparameters.learningRate": {"choice": [0.01, 0.003, 0.001, 0.0003]}}}}}
+    job_file = tmp_path / "search.yaml"
+    job_file.write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    run_dir = out / name
+    experiment = run_dir / "checkpoints" / "tune" / f"{name}-search"
+    ray_tmps = [tempfile.mkdtemp(prefix="kz-", dir="/tmp") for _ in range(2)]
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")  # the killed driver's state is at most a second old
+    try:
+        first = kiln_run(job_file, out, ray_tmps[0], tmp_path / "first.log")
+        done = wait_for(lambda: finished_trials(experiment), timeout=300, interval=0.2, what="a finished trial",
+                        on_timeout=lambda: (tmp_path / "first.log").read_text()[-3000:])
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        kill_leftovers(ray_tmps[0])
+        assert not (run_dir / "search.json").exists(), "the search ended before the driver was killed"
+        models = {t: (run_dir / "trials" / t / "model.pt").stat().st_mtime_ns for t in done}
+        second = kiln_run(job_file, out, ray_tmps[1], tmp_path / "second.log")
+        assert second.wait(timeout=420) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        for ray_tmp in ray_tmps:
+            kill_leftovers(ray_tmp)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert "resuming the search" in (tmp_path / "second.log").read_text()
+    document = json.loads((run_dir / "search.json").read_text())
+    assert sorted(t["parameters"]["hyperparameters.learningRate"] for t in document["trials"]) == [0.0003, 0.001, 0.003, 0.01]
+    assert all(t["state"] == "Succeeded" and t["epochs"] == 2 for t in document["trials"])
+    # The trials finished before the kill kept their results and were not trained again.
+    assert {t: (run_dir / "trials" / t / "model.pt").stat().st_mtime_ns for t in done} == models
+    assert json.loads((run_dir / "status.json").read_text())["search"]["summary"] == "4/4"
