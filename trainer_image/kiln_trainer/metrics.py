@@ -7,6 +7,7 @@ are written against them. Every series carries `job_name` and `job_namespace`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import threading
@@ -41,14 +42,17 @@ class KilnMetrics:
     driver saw taken) and `kiln_last_progress_timestamp_seconds` follow rank 0's step events
     (a few a second), so `rate()` and the stall alert are right mid-epoch."""
 
-    def __init__(self, job_name: str, job_namespace: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, job_name: str, job_namespace: str, clock: Callable[[], float] = time.time,
+                 per_trial: bool = False) -> None:
         self.registry = CollectorRegistry()
         self.labels = {"job_name": job_name, "job_namespace": job_namespace}
         self._clock = clock
         self._last_step: Optional[int] = None
+        # A search's driver: every series also carries `trial`, one set per trial (see for_trial).
+        labels = JOB_LABELS + (("trial",) if per_trial else ())
 
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
-            return Gauge(name, doc, JOB_LABELS + extra, registry=self.registry)
+            return Gauge(name, doc, labels + extra, registry=self.registry)
 
         self.train_loss = gauge("kiln_train_loss", "Mean training loss of the last epoch.")
         self.validation_loss = gauge("kiln_validation_loss", "Validation loss of the last epoch (all workers).")
@@ -56,19 +60,19 @@ class KilnMetrics:
         self.epoch = gauge("kiln_epoch", "Epochs completed.")
         self.total_epochs = gauge("kiln_total_epochs", "Epochs requested.")
         self.step = Counter("kiln_step", "Optimizer steps taken while this driver ran (rank 0's step events).",
-                            JOB_LABELS, registry=self.registry)
+                            labels, registry=self.registry)
         self.last_progress = gauge("kiln_last_progress_timestamp_seconds",
                                    "Unix time of the last training progress (a step, an epoch, or the start).")
         self.learning_rate = gauge("kiln_learning_rate", "Learning rate of the first parameter group.")
         self.samples_per_second = gauge("kiln_samples_per_second", "Training throughput of the last epoch, all workers.")
         self.epoch_duration = Histogram(
-            "kiln_epoch_duration_seconds", "Wall time of each epoch.", JOB_LABELS, buckets=EPOCH_BUCKETS, registry=self.registry
+            "kiln_epoch_duration_seconds", "Wall time of each epoch.", labels, buckets=EPOCH_BUCKETS, registry=self.registry
         )
         self.last_epoch_duration = gauge("kiln_last_epoch_duration_seconds", "Wall time of the last epoch.")
         self.checkpoint_duration = Histogram(
             "kiln_checkpoint_duration_seconds",
             "Time to write each checkpoint (off the training path).",
-            JOB_LABELS,
+            labels,
             buckets=CHECKPOINT_BUCKETS,
             registry=self.registry,
         )
@@ -89,10 +93,22 @@ class KilnMetrics:
                                     "GPU memory PyTorch's caching allocator holds, per training worker.", ("worker",))
         self.torch_allocated = gauge("kiln_torch_cuda_memory_allocated_bytes",
                                      "GPU memory in PyTorch tensors, per training worker.", ("worker",))
+        if not per_trial:
+            self._zero_counters()
+
+    def _zero_counters(self) -> None:
         # Counters and histograms exist at 0 from the start: increase() and rate() then count the first
         # step, epoch and checkpoint instead of taking their first sample as the baseline.
         for series in (self.step, self.epoch_duration, self.checkpoint_duration):
             self._l(series)
+
+    def for_trial(self, trial: str) -> KilnMetrics:
+        """The series of one trial of a search (a KilnMetrics made with per_trial=True)."""
+        view = copy.copy(self)
+        view.labels = {**self.labels, "trial": trial}
+        view._last_step = None
+        view._zero_counters()
+        return view
 
     def _l(self, series: Any, **extra: str) -> Any:
         return series.labels(**self.labels, **extra)
@@ -126,9 +142,18 @@ class KilnMetrics:
         self._advance(event.step, event.lr)
 
     def on_epoch(self, event: EpochEnded) -> None:
-        metrics = event.metrics
         self._advance(event.step, event.lr)
-        self._l(self.epoch).set(event.epoch)
+        self.record_epoch(event.epoch, event.metrics)
+        if event.samples_per_second is not None:
+            self._l(self.samples_per_second).set(event.samples_per_second)
+        self._l(self.epoch_duration).observe(event.epoch_seconds)
+        self._l(self.last_epoch_duration).set(event.epoch_seconds)
+        if event.early_stopping:
+            self._l(self.early_stopping_wait).set(event.early_stopping.get("wait", 0))
+
+    def record_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """The epoch count and the loss and validation series of an epoch's metrics."""
+        self._l(self.epoch).set(epoch)
         if "train_loss" in metrics:
             self._l(self.train_loss).set(metrics["train_loss"])
         if "val_loss" in metrics:
@@ -136,12 +161,6 @@ class KilnMetrics:
         for name, value in metrics.items():
             if name.startswith("val_") and name != "val_loss":
                 self._l(self.validation_metric, metric=name[len("val_") :]).set(value)
-        if event.samples_per_second is not None:
-            self._l(self.samples_per_second).set(event.samples_per_second)
-        self._l(self.epoch_duration).observe(event.epoch_seconds)
-        self._l(self.last_epoch_duration).set(event.epoch_seconds)
-        if event.early_stopping:
-            self._l(self.early_stopping_wait).set(event.early_stopping.get("wait", 0))
 
     def on_gpu(self, gpu: dict[str, dict[str, float]]) -> None:
         """Set each worker's GPU figures; a figure its reading lacks (unreadable) is removed, so a

@@ -1,8 +1,8 @@
 """A search in the head pod: `python -m kiln_trainer.driver` of a job with spec.search.
 
 The trials run on the job's Ray cluster (search_run.py); the driver serves /status with
-`search` (the operator copies it into the resource), /metrics with `kiln_search_trials{state}` and
-`kiln_search_best_metric`, and ends with the termination message, as a plain run does. search.json,
+`search` (the operator copies it into the resource), /metrics with `kiln_search_trials{state}`,
+`kiln_search_best_metric` and each trial's training series (a `trial` label), and ends with the termination message, as a plain run does. search.json,
 search.png and the best trial's model.pt are written beside the checkpoints.
 """
 
@@ -53,10 +53,11 @@ class SearchGauges:
 class SearchProgress:
     """The status the driver serves while the search runs (and the final one after)."""
 
-    def __init__(self, job: TrainingJob, gauges: SearchGauges) -> None:
+    def __init__(self, job: TrainingJob, gauges: SearchGauges, metrics: Optional[KilnMetrics] = None) -> None:
         search = job.spec.search
         assert search is not None
-        self.search, self.gauges = search, gauges
+        self.search, self.gauges, self.metrics = search, gauges, metrics
+        self._trial_metrics: dict[str, KilnMetrics] = {}
         self.total = total_trials(search)
         self._lock = threading.Lock()
         self._status = TrainingJobStatus(phase=Phase.running, reason="Searching",
@@ -67,6 +68,12 @@ class SearchProgress:
         status = search_status(self.search, records, self.total)
         best = best_status(self.search, records)
         self.gauges.update(records, self.search.metric, self.search.effective_mode, self.search.max_failed_trials)
+        if self.metrics is not None:
+            for record in records:
+                if record.history:
+                    if record.trial not in self._trial_metrics:
+                        self._trial_metrics[record.trial] = self.metrics.for_trial(record.trial)
+                    self._trial_metrics[record.trial].record_epoch(record.epochs, record.history[-1])
         with self._lock:
             self._status = self._status.model_copy(update={"search": status, "best": best})
 
@@ -84,8 +91,9 @@ class SearchProgress:
 
 def run_search_in_cluster(job: TrainingJob, options: DriverOptions) -> int:
     """The driver's search: trials on `options.ray_address`, outputs under `options.checkpoint_dir`."""
-    metrics = KilnMetrics(job.name, job.namespace)
-    progress = SearchProgress(job, SearchGauges(metrics))
+    # The training series carry `trial`: one set per trial, from the metrics each trial reports to Tune.
+    metrics = KilnMetrics(job.name, job.namespace, per_trial=True)
+    progress = SearchProgress(job, SearchGauges(metrics), metrics)
     server = None
     code = EXIT_FAILED
     try:

@@ -121,6 +121,31 @@ def test_the_search_series_count_trials_by_state_and_carry_the_best_value():
     assert 'kiln_search_max_failed_trials{job_name="job",job_namespace="ns"} 3.0' in text
 
 
+def test_each_trials_training_series_carry_its_trial_label_and_its_last_epoch():
+    from kiln_api import TrainingJob
+    from kiln_trainer.metrics import KilnMetrics
+    from kiln_trainer.search_cluster import SearchGauges, SearchProgress
+
+    job = TrainingJob.model_validate({"apiVersion": "kiln.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "job"},
+                                      "spec": {"search": SEARCH.to_api()}})
+    metrics = KilnMetrics("job", "ns", per_trial=True)
+    progress = SearchProgress(job, SearchGauges(metrics), metrics)
+    t0 = TrialRecord("t0", {}, TrialState.running, [{"epoch": 1.0, "train_loss": 0.9, "val_loss": 0.8, "val_accuracy": 0.6}])
+    progress.on_change([t0, record("t1", [], TrialState.pending)])
+    t0.history.append({"epoch": 2.0, "train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.75})
+    progress.on_change([t0])
+    def value(name: str, **extra: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"job_name": "job", "job_namespace": "ns", **extra})
+
+    assert value("kiln_epoch", trial="t0") == 2.0
+    assert value("kiln_train_loss", trial="t0") == 0.5
+    assert value("kiln_validation_loss", trial="t0") == 0.4
+    assert value("kiln_validation_metric", trial="t0", metric="accuracy") == 0.75
+    assert value("kiln_step_total", trial="t0") == 0.0
+    assert value("kiln_epoch", trial="t1") is None  # a trial that has reported nothing has no series yet
+    assert value("kiln_epoch") is None  # no series without a trial
+
+
 def test_status_best_of_a_search_is_the_best_trials_best_epoch_with_its_checkpoint():
     from kiln_trainer.search_report import best_status
 
