@@ -61,11 +61,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Epoch", "type": "string", "jsonPath": ".status.progress.summary"},
     {"name": "Metric", "type": "string", "jsonPath": ".status.earlyStopping.summary"},
-    {"name": "Best", "type": "number", "jsonPath": ".status.best.value"},
+    # The value to 4 significant digits (a number column prints every digit of a float).
+    {"name": "Best", "type": "string", "jsonPath": ".status.best.summary"},
     {"name": "Workers", "type": "string", "jsonPath": ".status.workers.summary"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
-    # A search's finished/total trials; `kubectl get tj -o wide` (priority 1) keeps the default table as it was.
-    {"name": "Trials", "type": "string", "jsonPath": ".status.search.summary", "priority": 1},
+    # A search's finished/total trials (empty for a job without spec.search).
+    {"name": "Trials", "type": "string", "jsonPath": ".status.search.summary"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

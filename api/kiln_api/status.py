@@ -8,9 +8,9 @@ the training-side part of it (phase, progress, metrics, best, checkpoint, earlyS
 from __future__ import annotations
 
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import ApiModel
 from .search import SearchStatus
@@ -94,6 +94,14 @@ class BestStatus(ApiModel):
     value: float = Field(..., description="Its best value.")
     epoch: int = Field(..., ge=0, description="Epoch it was reached at.")
     checkpoint: Optional[str] = Field(None, description="Location of the checkpoint holding it.")
+    summary: str = Field("", description="The value to 4 significant digits, for `kubectl get`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _summarise(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("summary") and isinstance(data.get("value"), (int, float)):
+            return {**data, "summary": f"{data['value']:.4g}"}
+        return data
 
 
 class CheckpointStatus(ApiModel):

@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import psutil
 import yaml
+from kiln_operator.kube import USER_AGENT
 from kubernetes import client
 
 from tests.support.ports import free_port
@@ -95,6 +97,13 @@ class OperatorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def operator_requests(api: Any, since: int) -> Counter[str]:
+    """The operator's API requests (kopf's and its own client's) after the `since`-th, watches left
+    out: what one job costs the API server while it is the only one."""
+    return Counter(f"{r.verb} {r.resource}" for r in api.requests[since:]
+                   if r.agent.startswith(("kopf/", USER_AGENT)) and r.verb != "watch")
 
 
 def load_manifest(path: Path | str, **overrides: Any) -> Obj:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import REPO, epoch_of, load_manifest
+from tests.e2e.harness import REPO, epoch_of, load_manifest, operator_requests
 from tests.support.e2e_pods import live_pids
 from tests.support.waiting import wait_for
 
@@ -42,6 +42,7 @@ def test_digits_trains_to_success_on_a_three_node_ray_cluster(cluster) -> None:
     jobs, kubelet = cluster.jobs, cluster.kubelet
     # As shipped (2 workers, 20 epochs) but with 4x the steps per epoch: the example trains in ~2 s,
     # while the operator refreshes status about once a second, so progress would be seen once or twice.
+    before = len(cluster.api.requests)
     jobs.create(load_manifest(REPO / "examples/digits.yaml", **{"hyperparameters.batchSize": 16}))
     pods = wait_for(lambda: len(jobs.pods(NAME)) == 3 and jobs.pods(NAME), 60, "head and 2 worker pods",
                     on_timeout=cluster.context)
@@ -75,6 +76,8 @@ def test_digits_trains_to_success_on_a_three_node_ray_cluster(cluster) -> None:
     assert len(epochs) >= 2 and epochs == sorted(epochs), f"progress seen while running: {epochs}"
     assert status["best"]["checkpoint"] and status["best"]["metric"] == "val_accuracy"
     assert status["metrics"]["test_accuracy"] >= 0.95, status["metrics"]
+    requests = operator_requests(cluster.api, before)
+    print(f"\nthe operator's API requests for the job: {sum(requests.values())} {dict(requests.most_common())}")
 
     # Workers are cleaned up once the job is done; deleting the job collects everything else.
     wait_for(lambda: all("worker" not in p["metadata"]["name"] for p in jobs.pods(NAME)), 60, "workers removed")

@@ -24,7 +24,7 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.ray
 NAME = "digits"
 EPOCHS = 20
-COLUMNS = ["NAME", "PHASE", "EPOCH", "METRIC", "BEST", "WORKERS", "RESTARTS", "AGE"]
+COLUMNS = ["NAME", "PHASE", "EPOCH", "METRIC", "BEST", "WORKERS", "RESTARTS", "TRIALS", "AGE"]
 
 
 @pytest.fixture()

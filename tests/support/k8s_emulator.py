@@ -146,7 +146,8 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
         fault = self._fault(verb, path)
         self.log.append(RequestRecord(str(request.method.value), request.url.path,
                                       path.plural + (f"/{path.subresource}" if path.subresource else ""),
-                                      path.group, verb, path.namespace, path.name, fault))
+                                      path.group, verb, path.namespace, path.name, fault,
+                                      str(request.headers.get("User-Agent", ""))))
         try:
             if fault is not None:
                 raise ApiError(fault, "InternalError" if fault == 500 else "Conflict", f"injected fault {fault}")

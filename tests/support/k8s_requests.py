@@ -21,6 +21,7 @@ class RequestRecord:
     namespace: str | None
     name: str | None
     fault: int | None = None
+    agent: str = ""  # the client's User-Agent: `kopf/...` is the operator, `kubectl/...` kubectl
 
 
 @dataclass

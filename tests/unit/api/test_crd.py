@@ -142,7 +142,8 @@ def test_crd_names_scope_and_subresources():
 def test_printer_columns_point_at_status_fields_of_the_right_type():
     columns = {c["name"]: c for c in generate_crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert list(columns) == ["Phase", "Epoch", "Metric", "Best", "Workers", "Restarts", "Trials", "Age"]
-    assert columns["Trials"]["priority"] == 1  # -o wide: the default table stays as it was
+    assert all("priority" not in c for c in columns.values())  # all in the default table, TRIALS and BEST too
+    assert columns["Best"]["jsonPath"] == ".status.best.summary"  # 4 significant digits, not every digit
     assert columns["Restarts"]["type"] == "integer"
     assert columns["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
     status = TrainingJobStatus.model_json_schema(by_alias=True)
