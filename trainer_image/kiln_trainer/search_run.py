@@ -282,12 +282,15 @@ def restored_trials(results: Any, search: SearchSpec) -> tuple[list[TrialRecord]
     """The trials of a restored experiment as records, from the results Tune kept for them."""
     records, ends = [], {}
     for result in results:
-        last = result.metrics or {}
-        if not last.get("trial_id"):
+        last, frame = result.metrics or {}, result.metrics_dataframe
+        if not last.get("trial_id") or frame is None or frame.empty:
             continue  # never reported: it runs (again) and its callbacks record it
-        frame = result.metrics_dataframe
-        rows = frame.to_dict("records") if frame is not None else [last]
-        record = TrialRecord(str(last["trial_id"]), decode_config(search, result.config or {}))
+        try:
+            parameters = decode_config(search, result.config or {})
+        except (KeyError, ValueError):
+            continue  # Tune kept no config for it: the same
+        rows = frame.to_dict("records")
+        record = TrialRecord(str(last["trial_id"]), parameters)
         record.history = [metrics_of({k: v for k, v in row.items() if v == v}, search.metric) for row in rows]  # v == v: not NaN
         end = (int(last.get(EPOCHS_KEY, 0)), bool(last.get(KILN_STOPPED_KEY)))
         if result.error is not None:
