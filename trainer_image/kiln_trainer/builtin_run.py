@@ -74,8 +74,8 @@ def finish(trainer: ModelTrainer) -> dict[str, Any]:
     if outcome != "interrupted":
         final_state = trainer.final_model_state()
         trainer.model.load_state_dict(final_state)
-        sums = split_sums(trainer.model, trainer.data.test, rank=0, world_size=1, batch_size=256, device=env.device,
-                          task=trainer.data.task, loss_fn=trainer.loss_fn, autocast=trainer.autocast)
+        sums = split_sums(trainer.model, trainer.data.test, rank=0, world_size=1, batch_size=trainer.eval_batch_size,
+                          device=env.device, task=trainer.data.task, loss_fn=trainer.loss_fn, autocast=trainer.autocast)
         result["metrics"] = metrics_from_sums(sums, "test", trainer.data.task, trainer.data.target_std)
         trainer.save_final_model(final_state)
     core.emit_finished(result["metrics"], model_path=trainer.paths.model_path)

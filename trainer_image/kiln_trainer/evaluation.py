@@ -53,6 +53,20 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 # Sums each rank contributes for one split: loss*n, correct, n, |err| sum, err^2 sum.
 SUM_FIELDS = 5
+# Evaluation batch of an MLP (feature vectors: a row's activations are a few hidden units, so a
+# large batch costs little memory and saves per-batch overhead).
+WIDE_EVAL_BATCH = 256
+
+
+def eval_batch_size(train_batch: int, architecture: str) -> int:
+    """Rows per evaluation batch for a model trained with `train_batch` rows per worker.
+
+    Only an MLP evaluates in wider batches. Every other architecture (convolutions, sequences) keeps
+    the training batch: their activations grow with every row (a 128-channel 3x3 conv on 128x128
+    images makes 8 MiB per image per layer): a 256-row batch held 4 GiB where training needed 1 GiB,
+    and since a split of fewer rows is one smaller batch, the peak grew with the data set up to 256
+    test rows (issue #15). The training batch fitted with its backward graph, so it fits here too."""
+    return max(train_batch, WIDE_EVAL_BATCH) if architecture == "mlp" else train_batch
 
 
 def eval_batches(dataset: Dataset, rank: int, world_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

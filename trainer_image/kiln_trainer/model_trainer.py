@@ -48,7 +48,7 @@ from .batch_feed import (
 from .checkpoint_fence import model_fingerprint
 from .checkpoints import CheckpointInfo, serialize_state
 from .data import ArrayDataset, DataBundle, load_data
-from .evaluation import split_sums
+from .evaluation import eval_batch_size, split_sums
 from .events import FirstStep, StepProgress
 from .models import build_model, load_pretrained
 from .run_core import LoopState, RunCore
@@ -80,6 +80,7 @@ class ModelTrainer:
         apply_backend_flags(self.speedups)
         self.model: nn.Module = self._build_model(model_spec)
         self.batch_size = max(hp.batch_size // env.world_size, 1)
+        self.eval_batch_size = eval_batch_size(self.batch_size, model_spec.architecture.value)
         self.feed: BatchFeed | StreamFeed = self._place_data()
         self.ddp: nn.Module = self._wrap(self.model)
         # Streamed shards may differ by a few rows between ranks: DDP's Join shadows the all-reduces
@@ -228,7 +229,7 @@ class ModelTrainer:
 
     def evaluate(self, dataset: Any) -> list[float]:
         return split_sums(
-            self.model, dataset, rank=self.env.rank, world_size=self.env.world_size, batch_size=max(self.batch_size, 256),
+            self.model, dataset, rank=self.env.rank, world_size=self.env.world_size, batch_size=self.eval_batch_size,
             device=self.env.device, task=self.data.task, loss_fn=self.loss_fn, autocast=self.autocast,
         )
 
