@@ -8,7 +8,7 @@ resident memory of every Ray Train worker process is sampled every 0.2 s (psutil
 is the largest peak among its workers.
 
 The local Ray cluster's object store is sized as the pods' would be (operator: 30 % of
-memoryPerWorker per worker, objects/ray_memory.py), not Ray's default of 30 % of this machine:
+memoryPerWorker per worker, kiln_api/ray_memory.py), not Ray's default of 30 % of this machine:
 a worker's RSS counts every page of the store it has read (shared memory), so with a store of
 several GiB a streamed worker's RSS grew with the data set up to the store's size while its own
 memory (`peak_anon_mib_per_worker`, RssAnon) stayed flat.
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import psutil
 import yaml
-from kiln_operator.objects.ray_memory import object_store_bytes
+from kiln_api.ray_memory import object_store_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "data_scale.json"

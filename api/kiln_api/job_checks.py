@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from .spec import DataSpec
 
 S3_SCHEME = "s3://"
+# Generated sets whose task is classification unless data.task says otherwise (synthetic:sequence
+# with task regression is a forecasting task).
+CLASSIFICATION_SYNTHETIC = ("synthetic:classification", "synthetic:sequence", "synthetic:text")
 SHARED_SCHEMES = (PVC_SCHEME, S3_SCHEME)
 
 # What the built-in trainer reports each epoch (kiln_trainer.evaluation.metrics_from_sums; a
@@ -62,7 +65,7 @@ def builtin_task(data: DataSpec) -> str | None:
     task = data.task.value
     if task != "auto":
         return task
-    if data.source.startswith("builtin:") or data.source == "synthetic:classification":
+    if data.source.startswith("builtin:") or data.source in CLASSIFICATION_SYNTHETIC:
         return "classification"
     if data.source == "synthetic:regression":
         return "regression"
@@ -85,7 +88,7 @@ BUILTIN_METRICS_CEL = (
     "((self.data.task == 'regression' || (self.data.task == 'auto' && self.data.source == 'synthetic:regression'))"
     f" ? {cel_list(REGRESSION_METRICS)}"
     " : ((self.data.task == 'classification' || (self.data.task == 'auto' && (self.data.source.startsWith('builtin:')"
-    " || self.data.source == 'synthetic:classification')))"
+    " || self.data.source in " + cel_list(CLASSIFICATION_SYNTHETIC) + ")))"
     f" ? {cel_list(CLASSIFICATION_METRICS)} : {cel_list(ALL_BUILTIN_METRICS)}))"
 )
 METRICS_MESSAGE = (

@@ -15,7 +15,6 @@ from pydantic import Field
 from .base import ApiModel, CrossFieldRule
 from .job_checks import BUILTIN_METRICS_CEL, METRICS_MESSAGE, builtin_metrics
 from .k8s_syntax import (
-    CONTROL_CHARACTERS,
     DNS_SUBDOMAIN_MAX_LENGTH,
     DNS_SUBDOMAIN_PATTERN,
     IMAGE_NAME_LENGTH_RULE,
@@ -28,61 +27,55 @@ from .k8s_syntax import (
 )
 from .search import SPEC_RULES as SEARCH_RULES
 from .search import SearchSpec
-
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-QUANTITY_MAX_LENGTH = 32
-ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
-ENTRYPOINT_MAX_LENGTH = 256
-METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-METRIC_MAX_LENGTH = 63
-# Locations (data, weights, checkpoints) end up in environment variables and mount paths.
-LOCATION_MAX_LENGTH = 1024
-_NOT_PATH = f"/{CONTROL_CHARACTERS}"
-# One path segment of a pvc:// URL: anything but `..`, which would leave the mounted claim
-# (`pvc://a/../b` is `/mnt/kiln/pvc/b`: another claim's files, or the pod's own filesystem).
-_PVC_SEGMENT = rf"(\.\.[^{_NOT_PATH}]+|\.?[^.{_NOT_PATH}][^{_NOT_PATH}]*|\.)"
-_PVC_CLAIM = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"  # a PVC name: a DNS subdomain
-_S3_BUCKET = r"[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?"
-_LOCAL_PATH = rf"[^:{CONTROL_CHARACTERS}]+"
-# A storage location is a pvc:// or s3:// URL, or a plain path (no other scheme).
-STORAGE_PATTERN = rf"^(pvc://{_PVC_CLAIM}(/{_PVC_SEGMENT}?)*|s3://{_S3_BUCKET}(/[^{CONTROL_CHARACTERS}]*)?|{_LOCAL_PATH})$"
-BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
-SYNTHETIC_DATASETS = ("classification", "regression")
-DATA_SOURCE_PATTERN = (
-    r"^(builtin:(" + "|".join(BUILTIN_DATASETS) + r")"
-    r"|synthetic:(" + "|".join(SYNTHETIC_DATASETS) + r")"
-    rf"|pvc://{_PVC_CLAIM}/{_PVC_SEGMENT}(/{_PVC_SEGMENT}?)*|s3://{_S3_BUCKET}/[^{CONTROL_CHARACTERS}]+|{_LOCAL_PATH})$"
-)
-COLUMN_MAX_LENGTH = 256
-COLUMN_PATTERN = rf"^[^{CONTROL_CHARACTERS}]+$"
-# Ports Ray itself listens on in Kiln's pods; the driver's metrics port must avoid them.
-# (The operator refuses a subset of them too: kiln_operator.objects.RESERVED_PORTS.)
-RAY_RESERVED_PORTS = {
-    6379: "Ray GCS",
-    8080: "Ray metrics export",
-    8265: "Ray dashboard",
-    10001: "Ray client server",
-    52365: "Ray dashboard agent",
-}
-RAY_WORKER_PORTS = (10002, 19999)  # Ray's default min/max worker ports
-MAX_NODE_SELECTOR_ENTRIES = 64
-# Bounds of otherwise open integers: the largest a float64 holds exactly. Kubernetes stores
-# int64, but Helm (the chart's templated CRD) and JSON tools read numbers as float64, where 2**63-1
-# turns into 2**63.
-INT_EXACT_MAX = 2**53 - 1
-MAX_TOLERATIONS = 32
-LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "rmse")
-
-
-class Mode(str, Enum):
-    min = "min"
-    max = "max"
-
-
-def default_mode_for(metric: str) -> Mode:
-    """`min` for losses and errors, `max` for everything else (accuracy, f1, r2...)."""
-    return Mode.min if any(word in metric for word in LOWER_IS_BETTER) else Mode.max
-
+from .spec_common import _S3_BUCKET as _S3_BUCKET
+from .spec_common import BUILTIN_DATASETS as BUILTIN_DATASETS
+from .spec_common import COLUMN_MAX_LENGTH as COLUMN_MAX_LENGTH
+from .spec_common import COLUMN_PATTERN as COLUMN_PATTERN
+from .spec_common import DATA_SOURCE_PATTERN as DATA_SOURCE_PATTERN
+from .spec_common import ENTRYPOINT_MAX_LENGTH as ENTRYPOINT_MAX_LENGTH
+from .spec_common import ENTRYPOINT_PATTERN as ENTRYPOINT_PATTERN
+from .spec_common import INT_EXACT_MAX as INT_EXACT_MAX
+from .spec_common import LOCATION_MAX_LENGTH as LOCATION_MAX_LENGTH
+from .spec_common import LOWER_IS_BETTER as LOWER_IS_BETTER
+from .spec_common import MAX_NODE_SELECTOR_ENTRIES as MAX_NODE_SELECTOR_ENTRIES
+from .spec_common import MAX_TOLERATIONS as MAX_TOLERATIONS
+from .spec_common import METRIC_MAX_LENGTH as METRIC_MAX_LENGTH
+from .spec_common import METRIC_PATTERN as METRIC_PATTERN
+from .spec_common import QUANTITY_MAX_LENGTH as QUANTITY_MAX_LENGTH
+from .spec_common import QUANTITY_PATTERN as QUANTITY_PATTERN
+from .spec_common import RAY_RESERVED_PORTS as RAY_RESERVED_PORTS
+from .spec_common import RAY_WORKER_PORTS as RAY_WORKER_PORTS
+from .spec_common import STORAGE_PATTERN as STORAGE_PATTERN
+from .spec_common import SYNTHETIC_DATASETS as SYNTHETIC_DATASETS
+from .spec_common import Mode as Mode
+from .spec_common import default_mode_for as default_mode_for
+from .spec_data import SEQUENCE_DATA_RULES as SEQUENCE_DATA_RULES
+from .spec_data import AugmentationSpec as AugmentationSpec
+from .spec_data import DataFormat as DataFormat
+from .spec_data import DataLoading as DataLoading
+from .spec_data import DataPlacement as DataPlacement
+from .spec_data import DataSpec as DataSpec
+from .spec_data import Impute as Impute
+from .spec_data import Normalize as Normalize
+from .spec_data import PreprocessingSpec as PreprocessingSpec
+from .spec_data import SequenceSpec as SequenceSpec
+from .spec_data import SplitSpec as SplitSpec
+from .spec_data import StreamSpec as StreamSpec
+from .spec_data import SyntheticSpec as SyntheticSpec
+from .spec_data import Task as Task
+from .spec_data import TextSpec as TextSpec
+from .spec_data import Tokenizer as Tokenizer
+from .spec_data import cel_is_sequence_data, cel_is_text_data
+from .spec_data import is_sequence_data as is_sequence_data
+from .spec_data import is_text_data as is_text_data
+from .spec_model import IMAGE_ARCHITECTURES as IMAGE_ARCHITECTURES
+from .spec_model import SEQUENCE_ARCHITECTURES as SEQUENCE_ARCHITECTURES
+from .spec_model import Activation as Activation
+from .spec_model import Architecture as Architecture
+from .spec_model import ModelSpec as ModelSpec
+from .spec_model import Pooling as Pooling
+from .spec_model import PositionalEncoding as PositionalEncoding
+from .spec_model import PretrainedSpec as PretrainedSpec
 
 # --------------------------------------------------------------------------- workers
 
@@ -156,197 +149,6 @@ class HeadSpec(ApiModel):
 
     cpus: float = Field(1.0, gt=0, le=512, description="CPU cores requested for the head pod.")
     memory: str = Field("2Gi", max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN, description="Memory requested (and limited) for the head pod.")
-
-
-# --------------------------------------------------------------------------- model
-
-
-class Architecture(str, Enum):
-    mlp = "mlp"
-    cnn = "cnn"
-    resnet18 = "resnet18"
-    resnet34 = "resnet34"
-    resnet50 = "resnet50"
-
-
-class Activation(str, Enum):
-    relu = "relu"
-    leaky_relu = "leaky_relu"
-    gelu = "gelu"
-    silu = "silu"
-    tanh = "tanh"
-    sigmoid = "sigmoid"
-
-
-class PretrainedSpec(ApiModel):
-    """Transfer learning: start from saved weights instead of a random initialisation."""
-
-    path: str = Field(..., min_length=1, max_length=LOCATION_MAX_LENGTH, pattern=STORAGE_PATTERN, description="State dict to load: a local/PVC path (`pvc://claim/path`) or `s3://bucket/key`. The classification head is replaced to fit the task.")
-    freeze_backbone: bool = Field(False, description="Train only the new head; every other parameter keeps its loaded value.")
-
-
-class ModelSpec(ApiModel):
-    """A built-in model. Exclusive with `entrypoint`."""
-
-    architecture: Architecture = Field(Architecture.mlp, description="mlp for tabular data; cnn or resnet18/34/50 (torchvision, no weight download) for images.")
-    hidden_units: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [128, 64], max_length=32, description="Width of each hidden layer (mlp) or channels of each conv block (cnn).")
-    activation: Activation = Field(Activation.relu, description="Non-linearity between layers.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability after each hidden layer (0 disables it).")
-    batch_norm: bool = Field(False, description="Batch normalisation after each hidden layer.")
-    pretrained: Optional[PretrainedSpec] = Field(None, description="Start from saved weights (transfer learning).")
-
-
-# --------------------------------------------------------------------------- data
-
-
-class DataFormat(str, Enum):
-    auto = "auto"
-    csv = "csv"
-    parquet = "parquet"
-    imagefolder = "imagefolder"
-
-
-class Task(str, Enum):
-    auto = "auto"
-    classification = "classification"
-    regression = "regression"
-
-
-class SplitSpec(ApiModel):
-    """Seeded train/validation/test split; the fractions must sum to 1."""
-
-    train: float = Field(0.70, gt=0.0, le=1.0, description="Fraction of rows used for training.")
-    validation: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction used for validation (early stopping and checkpoint ranking).")
-    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction held out and evaluated once on the final model.")
-    seed: int = Field(0, ge=0, le=INT_EXACT_MAX, description="Seed of the shuffle before splitting, so every worker and every resume sees the same split.")
-
-    cross_field_rules = (
-        CrossFieldRule(
-            cel="self.train + self.validation + self.test > 0.999999 && self.train + self.validation + self.test < 1.000001",
-            message="train + validation + test must sum to 1",
-            check=lambda s: abs(s.train + s.validation + s.test - 1.0) < 1e-6,
-        ),
-    )
-
-
-class Normalize(str, Enum):
-    standard = "standard"
-    minmax = "minmax"
-    none = "none"
-
-
-class Impute(str, Enum):
-    mean = "mean"
-    median = "median"
-    drop = "drop"
-    none = "none"
-
-
-class PreprocessingSpec(ApiModel):
-    """Feature preprocessing, fitted on the training split only."""
-
-    normalize: Normalize = Field(Normalize.standard, description="Scale features: standard (zero mean, unit variance), minmax (0..1) or none.")
-    impute: Impute = Field(Impute.mean, description="Missing values: replace with the training mean or median, drop the row, or none (fail if any are missing).")
-
-
-class AugmentationSpec(ApiModel):
-    """Random augmentation of the training split only (validation and test are never augmented)."""
-
-    horizontal_flip: bool = Field(False, description="Images: flip left-right with probability 0.5.")
-    random_crop: int = Field(0, ge=0, le=64, description="Images: pad by this many pixels and crop back at a random offset (0 disables).")
-    rotation: float = Field(0.0, ge=0.0, le=180.0, description="Images: rotate by a random angle in [-rotation, rotation] degrees.")
-    color_jitter: float = Field(0.0, ge=0.0, le=1.0, description="Images: random brightness/contrast change of up to this fraction.")
-    gaussian_noise: float = Field(0.0, ge=0.0, le=10.0, description="Images and tables: add noise with this standard deviation (after normalisation).")
-
-
-class DataPlacement(str, Enum):
-    auto = "auto"
-    device = "device"
-    host = "host"
-
-
-class DataLoading(str, Enum):
-    auto = "auto"
-    memory = "memory"
-    stream = "stream"
-
-
-class StreamSpec(ApiModel):
-    """How file sources are streamed with Ray Data (data.loading: stream, or auto above the threshold)."""
-
-    threshold_mib: int = Field(
-        256, ge=0, le=2**53 - 1, alias="thresholdMiB",
-        description="loading auto: file sources (csv, parquet, imagefolder) larger than this many MiB on disk are "
-        "streamed; smaller ones, and builtin and synthetic sets, are loaded into memory.",
-    )
-    shuffle_buffer_rows: int = Field(
-        2048, ge=0, le=10_000_000,
-        description="Each worker shuffles its stream in a buffer of this many rows (0: no local shuffle), on top "
-        "of a new file order every epoch. The buffer costs its rows in memory; it is not a global shuffle.",
-    )
-    prefetch_batches: int = Field(2, ge=0, le=64, description="Batches each worker reads ahead of the one it trains on.")
-
-
-class SyntheticSpec(ApiModel):
-    """Size of a `synthetic:*` data set (generated deterministically from `split.seed`)."""
-
-    samples: int = Field(2000, ge=10, le=10_000_000, description="Rows to generate.")
-    features: int = Field(20, ge=1, le=10_000, description="Feature columns to generate.")
-    classes: int = Field(2, ge=2, le=1000, description="Classes (synthetic:classification only).")
-    noise: float = Field(0.1, ge=0.0, le=100.0, description="Label noise: flipped fraction (classification) or noise std (regression).")
-
-
-class DataSpec(ApiModel):
-    """Where the data comes from and how it is split, preprocessed and augmented."""
-
-    source: str = Field("builtin:digits", max_length=LOCATION_MAX_LENGTH, pattern=DATA_SOURCE_PATTERN, description="builtin:digits|iris|wine|breast_cancer (shipped with scikit-learn), synthetic:classification|regression, a file or directory path, pvc://claim/path or s3://bucket/key.")
-    format: DataFormat = Field(DataFormat.auto, description="auto infers csv/parquet from the file extension and imagefolder from a directory.")
-    target: str = Field("target", min_length=1, max_length=COLUMN_MAX_LENGTH, pattern=COLUMN_PATTERN, description="Column holding the label (csv/parquet).")
-    task: Task = Field(Task.auto, description="auto: classification for integer/string targets, regression for float targets.")
-    split: SplitSpec = Field(default_factory=SplitSpec, description="Train/validation/test fractions and their seed.")
-    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec, description="Scaling and imputation, fitted on the training split.")
-    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec, description="Random augmentation of the training split.")
-    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="Size of a synthetic data set; ignored for other sources.")
-    image_size: int = Field(32, ge=8, le=1024, description="Images are resized to image_size x image_size (imagefolder).")
-    placement: DataPlacement = Field(
-        DataPlacement.auto,
-        description="Where each worker keeps the training (and validation) split while it trains. device: on the "
-        "model's device (GPU memory; on CPU, where the data already is): batches are shuffled and cut there, nothing "
-        "is copied per step. host: in host memory; on a GPU each batch is copied on a side stream while the previous "
-        "one computes. auto: device when both splits take at most deviceMemoryFraction of the device's free memory "
-        "(always on CPU), host otherwise. The choice is reported in the data summary and in status.progress.dataPlacement.",
-    )
-    loading: DataLoading = Field(
-        DataLoading.auto,
-        description="memory: every worker loads its split into memory (builtin, synthetic and small files). stream: "
-        "Ray Data reads file sources shard by shard, each worker iterating only its share, images kept as uint8 until "
-        "the device, so memory is bounded by the prefetch window. auto: stream file sources above "
-        "stream.thresholdMiB. The choice is reported in the data summary and status.progress.dataPlacement.",
-    )
-    stream: StreamSpec = Field(default_factory=StreamSpec, description="Streaming settings (file sources only).")
-    device_memory_fraction: float = Field(
-        0.5, gt=0.0, le=1.0,
-        description="placement auto: the largest share of the device's free memory (measured after the model is "
-        "placed) that the training and validation splits may take to be kept on the device; the rest is left for "
-        "activations, gradients and optimizer state.",
-    )
-
-    cross_field_rules = (
-        CrossFieldRule(
-            cel="!has(self.loading) || self.loading != 'stream' || !has(self.source) "
-            "|| !(self.source.startsWith('builtin:') || self.source.startsWith('synthetic:'))",
-            message="stream reads files (csv, parquet, imagefolder); builtin and synthetic sets are loaded into memory",
-            field_path=".loading",
-            check=lambda d: d.loading != DataLoading.stream or not d.source.startswith(("builtin:", "synthetic:")),
-        ),
-        CrossFieldRule(
-            cel="!has(self.loading) || self.loading != 'stream' || !has(self.preprocessing) "
-            "|| !has(self.preprocessing.impute) || self.preprocessing.impute != 'median'",
-            message="median imputation needs whole columns in memory; with loading stream use mean or drop",
-            field_path=".preprocessing.impute",
-            check=lambda d: d.loading != DataLoading.stream or d.preprocessing.impute != Impute.median,
-        ),
-    )
 
 
 # --------------------------------------------------------------------------- hyperparameters
@@ -499,6 +301,88 @@ class MetricsSpec(ApiModel):
     )
 
 
+# --------------------------------------------------------------------------- evaluation
+
+MAX_SLICE_COLUMNS = 16
+
+
+class EvaluationSpec(ApiModel):
+    """The evaluation report written after training (evaluation.json beside the model): per-class and
+    averaged metrics on the test split, and the same metrics per value of the sliceBy columns."""
+
+    slice_by: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=COLUMN_MAX_LENGTH, pattern=COLUMN_PATTERN)]],
+        Field(max_length=MAX_SLICE_COLUMNS),
+    ] = Field(
+        default_factory=list,
+        description="Table columns (csv/parquet, data in memory) whose every value gets its own metrics on the test "
+        "split: the bias check. A column may be a feature or a column listed in excludeFromFeatures. A slice is "
+        "compared with the whole test split on accuracy (classification) or RMSE (regression).",
+    )
+    slice_tolerance: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="A slice is flagged when it is worse than the whole test split by more than this: accuracy lower "
+        "by more than this many points (0.05 = 5 percentage points) for classification; RMSE higher by more than "
+        "this fraction of the whole split's RMSE (0.05 = 5%) for regression, since RMSE has the target's units.",
+    )
+    exclude_from_features: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=COLUMN_MAX_LENGTH, pattern=COLUMN_PATTERN)]],
+        Field(max_length=MAX_SLICE_COLUMNS),
+    ] = Field(
+        default_factory=list,
+        description="sliceBy columns the model must not see (a sensitive attribute, a region code): they are dropped "
+        "from the features and read only for the report. Each must be listed in sliceBy.",
+    )
+
+    cross_field_rules = (
+        CrossFieldRule(
+            cel="!has(self.excludeFromFeatures) || self.excludeFromFeatures.all(c, has(self.sliceBy) && c in self.sliceBy)",
+            message="every column of excludeFromFeatures must also be listed in sliceBy",
+            field_path=".excludeFromFeatures",
+            check=lambda e: all(c in e.slice_by for c in e.exclude_from_features),
+        ),
+        CrossFieldRule(
+            cel="!has(self.sliceBy) || self.sliceBy.all(c, self.sliceBy.exists_one(d, d == c))",
+            message="must not list a column twice",
+            field_path=".sliceBy",
+            check=lambda e: len(set(e.slice_by)) == len(e.slice_by),
+        ),
+    )
+
+
+def _no_slices(spec: TrainingJobSpec) -> bool:
+    return not spec.evaluation.slice_by
+
+
+# On TrainingJobSpec: where sliceBy cannot work, known from the spec alone (the rest fails at data load).
+SLICE_RULES = (
+    CrossFieldRule(
+        cel="!has(self.evaluation) || !has(self.evaluation.sliceBy) || size(self.evaluation.sliceBy) == 0 "
+        "|| !(self.data.source.startsWith('builtin:') || self.data.source.startsWith('synthetic:') "
+        "|| self.data.format == 'imagefolder')",
+        message="builtin, synthetic and image-folder data have no columns to slice by; sliceBy needs a csv or parquet table",
+        field_path=".evaluation.sliceBy",
+        check=lambda s: _no_slices(s) or not (s.data.source.startswith(("builtin:", "synthetic:"))
+                                              or s.data.format == DataFormat.imagefolder),
+    ),
+    CrossFieldRule(
+        cel="!has(self.evaluation) || !has(self.evaluation.sliceBy) || size(self.evaluation.sliceBy) == 0 "
+        "|| self.data.loading != 'stream'",
+        message="slices need the test split's columns in memory: with data.loading stream the report has no slices; "
+        "use loading memory (or auto below stream.thresholdMiB)",
+        field_path=".evaluation.sliceBy",
+        check=lambda s: _no_slices(s) or s.data.loading != DataLoading.stream,
+    ),
+    CrossFieldRule(
+        cel="!has(self.evaluation) || !has(self.evaluation.sliceBy) || size(self.evaluation.sliceBy) == 0 "
+        "|| !has(self.entrypoint)",
+        message="the evaluation report is the built-in model's; custom code (entrypoint) evaluates itself",
+        field_path=".evaluation.sliceBy",
+        check=lambda s: _no_slices(s) or s.entrypoint is None,
+    ),
+)
+
+
 IPV4_CIDR = r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])"
 IPV6_CIDR = r"[0-9a-fA-F.]{0,40}:[0-9a-fA-F:.]{0,44}/(12[0-8]|1[01][0-9]|[1-9]?[0-9])"  # has a colon
 CIDR_PATTERN = f"^({IPV4_CIDR}|{IPV6_CIDR})$"
@@ -526,6 +410,40 @@ class PullPolicy(str, Enum):
     always = "Always"
     if_not_present = "IfNotPresent"
     never = "Never"
+
+
+_CEL_ARCH = "(has(self.model) ? self.model.architecture : 'mlp')"
+_SEQUENCE_ARCHS_CEL = "['" + "', '".join(SEQUENCE_ARCHITECTURES) + "']"
+_IMAGE_ARCHS_CEL = "['" + "', '".join(IMAGE_ARCHITECTURES) + "']"
+
+
+def _arch(s: TrainingJobSpec) -> str:
+    return s.effective_model.architecture.value
+
+
+# Which models fit sequence and text data (custom code, `entrypoint`, reads the data its own way).
+SEQUENCE_MODEL_RULES = (
+    CrossFieldRule(
+        cel=f"has(self.entrypoint) || !({_CEL_ARCH} in {_SEQUENCE_ARCHS_CEL}) "
+        f"|| {cel_is_sequence_data('self.data')} || {cel_is_text_data('self.data')}",
+        message="lstm, gru and transformer need data.format sequence or text (or source synthetic:sequence or synthetic:text)",
+        field_path=".model.architecture",
+        check=lambda s: s.entrypoint is not None or _arch(s) not in SEQUENCE_ARCHITECTURES
+        or is_sequence_data(s.data) or is_text_data(s.data),
+    ),
+    CrossFieldRule(
+        cel=f"has(self.entrypoint) || !{cel_is_text_data('self.data')} || {_CEL_ARCH} in {_SEQUENCE_ARCHS_CEL}",
+        message="text data (token ids) needs architecture lstm, gru or transformer",
+        field_path=".model.architecture",
+        check=lambda s: s.entrypoint is not None or not is_text_data(s.data) or _arch(s) in SEQUENCE_ARCHITECTURES,
+    ),
+    CrossFieldRule(
+        cel=f"has(self.entrypoint) || !{cel_is_sequence_data('self.data')} || !({_CEL_ARCH} in {_IMAGE_ARCHS_CEL})",
+        message="sequence data needs architecture lstm, gru, transformer or mlp (on the flattened window), not an image model",
+        field_path=".model.architecture",
+        check=lambda s: s.entrypoint is not None or not is_sequence_data(s.data) or _arch(s) not in IMAGE_ARCHITECTURES,
+    ),
+)
 
 
 class TrainingJobSpec(ApiModel):
@@ -556,6 +474,12 @@ class TrainingJobSpec(ApiModel):
         "the job's pods, the cluster DNS and, when a location is on S3, port 443.",
     )
     search: Optional[SearchSpec] = Field(None, description="Hyperparameter search: run trials of this job on Ray Tune and keep the best; absent trains once.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec,
+        description="The evaluation report on the test split after training (evaluation.json and a plot beside the "
+        "model, a summary in status.evaluation): per-class metrics, confusion matrix, ROC/PR-AUC or regression "
+        "errors, and per-slice metrics with the slices worse than the whole flagged.",
+    )
 
     cross_field_rules = (
         CrossFieldRule(
@@ -591,7 +515,7 @@ class TrainingJobSpec(ApiModel):
             or not s.early_stopping.metric.startswith("val_")
             or s.data.split.validation > 0.0,
         ),
-    ) + SEARCH_RULES
+    ) + SEARCH_RULES + SLICE_RULES + SEQUENCE_MODEL_RULES
 
     @property
     def effective_model(self) -> ModelSpec:

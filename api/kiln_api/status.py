@@ -126,6 +126,30 @@ class EarlyStoppingStatus(ApiModel):
     summary: str = Field("", description="metric=value, for `kubectl get`.")
 
 
+class WorstSlice(ApiModel):
+    """The slice of the test split that did worst against the whole (spec.evaluation.sliceBy)."""
+
+    column: str = Field(..., description="The sliceBy column.")
+    value: str = Field(..., description="The column's value that defines the slice.")
+    metric: str = Field(..., description="What slices are compared on: accuracy (classification) or rmse (regression).")
+    score: Optional[float] = Field(None, description="The metric on this slice.")
+    overall: Optional[float] = Field(None, description="The metric on the whole test split.")
+    gap: Optional[float] = Field(None, description="How much worse the slice is: accuracy points lower, or RMSE higher as a fraction of the whole's.")
+    rows: int = Field(0, ge=0, description="Test rows in the slice.")
+    flagged: bool = Field(False, description="The gap exceeds spec.evaluation.sliceTolerance.")
+
+
+class StatusEvaluation(ApiModel):
+    """The headline of the evaluation report on the test split (the whole report is evaluation.json beside the model)."""
+
+    task: str = Field(..., description="classification or regression.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Headline metrics: accuracy, f1_macro, roc_auc, pr_auc (classification) or mae, rmse, r2 (regression); a metric undefined on this test split is left out.")
+    rows: int = Field(0, ge=0, description="Test rows evaluated.")
+    flagged_slices: int = Field(0, ge=0, description="Slices worse than the whole by more than spec.evaluation.sliceTolerance.")
+    worst_slice: Optional[WorstSlice] = Field(None, description="The slice with the largest gap to the whole (flagged or not); absent without sliceBy.")
+    report: Optional[str] = Field(None, description="Location of evaluation.json.")
+
+
 class TrainingJobStatus(ApiModel):
     """Observed state of a TrainingJob."""
 
@@ -141,6 +165,7 @@ class TrainingJobStatus(ApiModel):
     checkpoint: Optional[CheckpointStatus] = Field(None, description="Newest complete checkpoint.")
     early_stopping: Optional[EarlyStoppingStatus] = Field(None, description="Early-stopping state and outcome.")
     search: Optional[SearchStatus] = Field(None, description="Hyperparameter search progress and best trial (spec.search).")
+    evaluation: Optional[StatusEvaluation] = Field(None, description="Headline of the evaluation report on the test split after training (spec.evaluation).")
     restarts: int = Field(0, ge=0, description="Times the Ray cluster was recreated after losing its head.")
     start_time: Optional[str] = Field(None, description="When the job first started running (RFC 3339).")
     completion_time: Optional[str] = Field(None, description="When the job succeeded or failed (RFC 3339).")

@@ -38,6 +38,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_local_cli(args.file, output=args.output, workers=args.workers, use_ray=args.ray)
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from kiln_trainer.inspect_run import inspect_cli
+
+    return inspect_cli(args.file, args.output, sample_rows=args.sample_rows, sample_images=args.sample_images,
+                       text_column=args.text_column, vocab_size=args.vocab_size)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from kiln_trainer.predict import predict_cli
+
+    return predict_cli(args.model, args.data, output=args.output, device=args.device, batch_size=args.batch_size)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kiln_trainer.export import export_cli
+
+    return export_cli(args.model, args.format, args.output)
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     from kiln_operator.render import render_cli
 
@@ -65,6 +84,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray", action="store_true",
                      help="train through a local Ray cluster even with one training worker (which otherwise trains in this process)")
     run.set_defaults(func=_cmd_run)
+
+    inspect = sub.add_parser("inspect", help="analyse a TrainingJob's data before training (columns, classes, splits, warnings)")
+    inspect.add_argument("file", help="TrainingJob manifest (YAML)")
+    inspect.add_argument("--output", metavar="DIR", help="also write DIR/inspect.json and DIR/inspect.png (histograms)")
+    inspect.add_argument("--sample-rows", type=int, default=None,
+                         help="analyse distributions on a uniform sample of this many rows of larger tables (default: 100000)")
+    inspect.add_argument("--sample-images", type=int, default=None,
+                         help="decode at most this many images for sizes and channel means (default: 500)")
+    inspect.add_argument("--text-column", metavar="COLUMN",
+                         help="analyse this column as text (default: spec.data.text.column of a format text job)")
+    inspect.add_argument("--vocab-size", type=int, default=None,
+                         help="vocabulary size for text coverage (default: spec.data.text.vocabSize, else 10000)")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    predict = sub.add_parser("predict", help="predict with a trained model.pt on new data (CSV, parquet, images)")
+    predict.add_argument("model", help="the model.pt a run wrote")
+    predict.add_argument("data", help="a CSV/parquet file (table, sequence and text models) or an image file or folder")
+    predict.add_argument("--output", metavar="FILE", help="write the predictions here (.csv, or .parquet); default: CSV on stdout")
+    predict.add_argument("--device", default="cpu", help="torch device to run on (default: cpu; e.g. cuda, cuda:1)")
+    predict.add_argument("--batch-size", type=int, default=1024, help="rows per forward pass (default: 1024)")
+    predict.set_defaults(func=_cmd_predict)
+
+    export = sub.add_parser("export", help="export a trained model.pt's network to ONNX or TorchScript")
+    export.add_argument("model", help="the model.pt a run wrote")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="the export format")
+    export.add_argument("--output", metavar="FILE",
+                        help="default: beside MODEL (model.onnx, model.torchscript.pt); the preprocessing goes to FILE.kiln.json")
+    export.set_defaults(func=_cmd_export)
 
     validate = sub.add_parser("validate", help="validate manifests as the API server and the operator would")
     validate.add_argument("files", nargs="+", help="TrainingJob manifests (YAML, multi-document allowed)")

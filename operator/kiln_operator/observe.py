@@ -33,6 +33,7 @@ STATUS_MAX_DEPTH = 32  # the driver's /status nests 3 levels; deeper is not a st
 STATUS_FIELD_TYPES: dict[str, type] = {
     "phase": str, "reason": str, "message": str, "startTime": str, "completionTime": str,
     "progress": dict, "metrics": dict, "best": dict, "checkpoint": dict, "earlyStopping": dict, "search": dict,
+    "evaluation": dict,
 }  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from kiln_api import TrainingJobStatus
 from pydantic import ValidationError
 
-TRAINING_FIELDS = ("progress", "metrics", "best", "checkpoint", "earlyStopping", "search")
+TRAINING_FIELDS = ("progress", "metrics", "best", "checkpoint", "earlyStopping", "search", "evaluation")
 
 
 def parse_report(text: str | None) -> dict | None:

@@ -18,7 +18,8 @@ class PanelQuery:
     ref_id: str
     expr: str
     # What the series need besides Kiln: "cuda" (a job training on GPUs), "dcgm" (NVIDIA's DCGM
-    # exporter), "cadvisor" (the kubelet's container metrics), "search" (a job with spec.search);
+    # exporter), "cadvisor" (the kubelet's container metrics), "search" (a job with spec.search),
+    # "evaluation" (a job that finished with an evaluation report);
     # None: Kiln's driver and operator.
     requires: str | None
     legend: str = ""

@@ -15,6 +15,7 @@ from typing import Any
 from kiln_api import TrainingJob
 
 from .evaluation import SUM_FIELDS, all_reduce_sum, metrics_from_sums, split_sums
+from .evaluation_run import evaluate_test_split
 from .gpu_sampler import gpu_sampling
 from .model_trainer import ModelTrainer
 from .worker import RunPaths, WorkerEnv
@@ -64,7 +65,7 @@ def run_training(job: TrainingJob, env: WorkerEnv, paths: RunPaths) -> dict[str,
 
 
 def finish(trainer: ModelTrainer) -> dict[str, Any]:
-    """Final model, test metrics and the `finished` event (rank 0 does the work)."""
+    """Final model, test metrics, the evaluation report and the `finished` event (rank 0 does the work)."""
     env, core = trainer.env, trainer.core
     outcome, _ = core.outcome()
     result: dict[str, Any] = {"outcome": outcome, "epoch": core.state.epoch, "history": core.state.history,
@@ -78,5 +79,6 @@ def finish(trainer: ModelTrainer) -> dict[str, Any]:
                           device=env.device, task=trainer.data.task, loss_fn=trainer.loss_fn, autocast=trainer.autocast)
         result["metrics"] = metrics_from_sums(sums, "test", trainer.data.task, trainer.data.target_std)
         trainer.save_final_model(final_state)
-    core.emit_finished(result["metrics"], model_path=trainer.paths.model_path)
+        result["evaluation"] = evaluate_test_split(trainer)
+    core.emit_finished(result["metrics"], model_path=trainer.paths.model_path, evaluation=result.get("evaluation"))
     return result

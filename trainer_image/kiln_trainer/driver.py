@@ -83,6 +83,7 @@ class DriverOptions:
     ray_temp_dir: Optional[str] = None
     local_num_cpus: Optional[int] = None
     local_num_gpus: Optional[int] = None  # None: the CUDA devices torch sees
+    local_object_store_bytes: Optional[int] = None  # None: Ray's default (30 % of the machine)
     # Train in this process, without Ray (`kiln run` with one training worker).
     in_process: bool = False
     # The Ray resource a training worker's GPU is: Ray's own `GPU` in the product; a test on a
@@ -187,6 +188,7 @@ class JobRunner:
                 self.first_step_time = event.unix_time
             case Finished():
                 self.finished = event
+                self.metrics.on_finished(event)
 
     def set_status(self, status: TrainingJobStatus) -> None:
         with self._lock:
@@ -375,6 +377,7 @@ def connect_ray(options: DriverOptions) -> bool:
         num_gpus=local_gpu_count() if options.local_num_gpus is None else options.local_num_gpus,
         include_dashboard=False,
         _temp_dir=options.ray_temp_dir,
+        object_store_memory=options.local_object_store_bytes,
         logging_level=logging.WARNING,
         log_to_driver=False,
     )
@@ -435,6 +438,9 @@ def stream_datasets(job: TrainingJob, options: DriverOptions, config: dict[str, 
     source = None if job.spec.entrypoint else streaming_source(job.spec.data, options.pvc_root)
     if source is None:
         return {}
+    if job.spec.evaluation.slice_by:  # loading auto chose to stream (an explicit stream is refused by the spec)
+        raise SpecError("spec.evaluation.sliceBy", "slices need the test split's columns in memory, but this data set is "
+                        "streamed (larger than data.stream.thresholdMiB): set data.loading: memory, or drop sliceBy")
     plan, datasets = load_or_build_plan(source, options.checkpoint_dir)
     config.update(stream_plan=plan.to_json(), stream_splits=sorted(datasets))
     return {"datasets": datasets, "dataset_config": every_row_data_config()}

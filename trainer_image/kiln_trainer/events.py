@@ -151,6 +151,9 @@ class Finished(Event):
     early_stopping: Optional[dict[str, Any]] = None
     message: Optional[str] = None
     model_path: Optional[str] = None
+    # The evaluation report's headline (evaluation_report.status_summary; optional: custom code and
+    # older workers send none).
+    evaluation: Optional[dict[str, Any]] = None
 
 
 @event_kind("error")

@@ -28,6 +28,7 @@ from typing import Any, Optional, TextIO
 
 from kiln_api import TrainingJob
 from kiln_api.loading import load_jobs
+from kiln_api.ray_memory import local_object_store_bytes
 from kiln_api.status import TrainingJobStatus
 from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from kiln_api.topology import GPU, TrainingTopology, training_topology, workers_that_fit
@@ -240,6 +241,7 @@ def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: Tex
         ray_temp_dir=ray_tmp,
         local_num_cpus=int(node["CPU"]),
         local_num_gpus=int(node.get(GPU, 0)),
+        local_object_store_bytes=local_object_store_bytes(job.spec),
         in_process=in_process,
         # Custom code is imported from beside its manifest; a built-in job must not let files there
         # shadow installed packages on the workers' sys.path.
@@ -270,6 +272,16 @@ def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: Tex
     return code, runner
 
 
+def print_evaluation(summary: dict[str, Any], stream: TextIO = sys.stderr) -> None:
+    """The evaluation report's headline and where the whole report is (evaluation.json in the output)."""
+    from .evaluation_run import summary_line
+
+    stream.write(f"kiln: {summary_line(summary)}\n")
+    if summary.get("report"):
+        stream.write(f"kiln: evaluation report: {summary['report']}\n")
+    stream.flush()
+
+
 def run_local_cli(file: str, output: str, workers: int | None, use_ray: bool = False) -> int:
     """Entry point of `kiln run`."""
     try:
@@ -291,6 +303,8 @@ def run_local_cli(file: str, output: str, workers: int | None, use_ray: bool = F
     summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(status.metrics.items()) if k.startswith("test_"))
     print(f"kiln: {status.phase.value} ({status.reason}) after {status.progress.epoch} epochs"
           + (f"; {summary}" if summary else "") + f"; results in {out_dir}", file=sys.stderr)
+    if status.evaluation is not None:
+        print_evaluation(status.evaluation.model_dump())
     if runner.training_alive():
         # A second Ctrl-C: the driver returned without waiting for the in-process worker, which
         # would hold the interpreter's exit (its checkpoint writer is not a daemon). Abort at once.

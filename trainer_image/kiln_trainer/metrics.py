@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .events import CheckpointSaved, EpochEnded, Started, StepProgress
+from .events import CheckpointSaved, EpochEnded, Finished, Started, StepProgress
 
 log = logging.getLogger("kiln_trainer.metrics")
 
@@ -93,6 +93,14 @@ class KilnMetrics:
                                     "GPU memory PyTorch's caching allocator holds, per training worker.", ("worker",))
         self.torch_allocated = gauge("kiln_torch_cuda_memory_allocated_bytes",
                                      "GPU memory in PyTorch tensors, per training worker.", ("worker",))
+        self.evaluation_metric = gauge("kiln_evaluation_metric",
+                                       "Headline metrics of the evaluation report on the test split, after training.",
+                                       ("metric",))
+        self.evaluation_flagged = gauge("kiln_evaluation_flagged_slices",
+                                        "Slices worse than the whole test split by more than spec.evaluation.sliceTolerance.")
+        self.evaluation_worst_gap = gauge("kiln_evaluation_worst_slice_gap",
+                                          "How much worse the worst slice is than the whole test split (accuracy points, "
+                                          "or RMSE as a fraction of the whole's).", ("column", "slice"))
         if not per_trial:
             self._zero_counters()
 
@@ -185,6 +193,19 @@ class KilnMetrics:
         best = event.best
         if best:
             self._l(self.best_metric, metric=best["metric"]).set(best["value"])
+
+    def on_finished(self, event: Finished) -> None:
+        """The evaluation report's headline (status.evaluation), when the run made one."""
+        summary = event.evaluation
+        if not summary:
+            return
+        for name, value in (summary.get("metrics") or {}).items():
+            if isinstance(value, (int, float)):
+                self._l(self.evaluation_metric, metric=str(name)).set(value)
+        self._l(self.evaluation_flagged).set(int(summary.get("flagged_slices") or 0))
+        worst = summary.get("worst_slice")
+        if isinstance(worst, dict) and isinstance(worst.get("gap"), (int, float)):
+            self._l(self.evaluation_worst_gap, column=str(worst.get("column")), slice=str(worst.get("value"))).set(worst["gap"])
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

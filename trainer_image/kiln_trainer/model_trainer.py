@@ -46,10 +46,12 @@ from .batch_feed import (
     tensor_bytes,
 )
 from .checkpoint_fence import model_fingerprint
-from .checkpoints import CheckpointInfo, serialize_state
+from .checkpoints import CheckpointInfo
 from .data import ArrayDataset, DataBundle, load_data
+from .data.slice_columns import ColumnRequest
 from .evaluation import eval_batch_size, split_sums
 from .events import FirstStep, StepProgress
+from .model_artifact import artifact_bytes, model_metadata
 from .models import build_model, load_pretrained
 from .run_core import LoopState, RunCore
 from .seeding import rng_state, seed_everything, set_rng_state
@@ -73,7 +75,8 @@ class ModelTrainer:
         model_spec = spec.effective_model
         self.data: DataBundle = (
             stream_bundle(env.stream.plan, env.stream, spec.data, env.device) if env.stream is not None
-            else load_data(spec.data, pvc_root=paths.pvc_root, for_architecture=model_spec.architecture.value)
+            else load_data(spec.data, pvc_root=paths.pvc_root, for_architecture=model_spec.architecture.value,
+                           columns=ColumnRequest.of(spec.evaluation))
         )
         self.speedups = select_speedups(env.device.type, hp.mixed_precision.value, model_spec.architecture.value,
                                         hp.optimizer.value)
@@ -107,7 +110,8 @@ class ModelTrainer:
         return self.core.state
 
     def _build_model(self, model_spec: ModelSpec) -> nn.Module:
-        model = build_model(model_spec, self.data.input_shape, self.data.output_dim)
+        model = build_model(model_spec, self.data.input_shape, self.data.output_dim,
+                            vocab_size=int(self.data.inference.get("vocab_size", 0)))
         if model_spec.pretrained is not None:
             load_pretrained(model, model_spec.pretrained, pvc_root=self.paths.pvc_root)
         model = model.to(self.env.device)
@@ -262,7 +266,9 @@ class ModelTrainer:
         if self.env.rank == 0 and self.paths.model_path:
             # model.pt sits beside the checkpoints: a driver another one replaced must not overwrite it.
             self.core.fence.check_current("writing model.pt")
-            write_bytes(self.paths.model_path, serialize_state(state))
+            # Self-describing (model_artifact.py): `kiln predict` and `kiln export` need nothing else.
+            metadata = model_metadata(model_spec=self.job.spec.effective_model, data=self.data, job=self.job.name)
+            write_bytes(self.paths.model_path, artifact_bytes(state, metadata))
 
 
 

@@ -15,12 +15,13 @@ import math
 from collections.abc import Callable
 
 import torch
-from kiln_api.spec import Activation, ModelSpec, PretrainedSpec
+from kiln_api.spec import SEQUENCE_ARCHITECTURES, Activation, ModelSpec, PretrainedSpec
 from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from torch import nn
 
 from .data.errors import SpecError
 from .resnets import resnet as builtin_resnet
+from .sequence_models import sequence_backbone
 from .storage import exists, open_file, resolve_location
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,16 @@ class KilnModel(nn.Module):
         return self
 
 
-def build_model(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int) -> KilnModel:
-    """The architecture `spec` names, sized for `input_shape` samples and `output_dim` outputs."""
+def build_model(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int, *, vocab_size: int = 0) -> KilnModel:
+    """The architecture `spec` names, sized for `input_shape` samples and `output_dim` outputs.
+
+    `vocab_size` > 0: samples are token ids (text data; DataBundle.inference["vocab_size"])."""
     arch = spec.architecture.value
+    if arch in SEQUENCE_ARCHITECTURES:
+        backbone = sequence_backbone(spec, input_shape, vocab_size)
+        return KilnModel(backbone, _sequence_head(backbone.out_features, spec.dropout, output_dim))
+    if vocab_size > 0:
+        raise ModelError("spec.model.architecture", f"{arch} cannot read token ids; use lstm, gru or transformer")
     if arch == "mlp":
         return _mlp(spec, input_shape, output_dim)
     if len(input_shape) != 3:
@@ -80,6 +88,10 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int) 
     if arch == "cnn":
         return _cnn(spec, input_shape, output_dim)
     return _resnet(arch, input_shape, output_dim)
+
+
+def _sequence_head(width: int, dropout: float, output_dim: int) -> nn.Module:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(width, output_dim)) if dropout else nn.Linear(width, output_dim)
 
 
 def _mlp(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int) -> KilnModel:

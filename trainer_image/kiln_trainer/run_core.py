@@ -197,14 +197,15 @@ class RunCore:
         stopped = self.decision is not None and self.decision.should_stop
         return outcome_of(self.decision, self.interrupted), self.decision.reason if stopped else None
 
-    def emit_finished(self, metrics: dict[str, float], model_path: Optional[str] = None) -> str:
+    def emit_finished(self, metrics: dict[str, float], model_path: Optional[str] = None,
+                      evaluation: Optional[dict[str, Any]] = None) -> str:
         """Rank 0 sends the outcome and waits until the driver holds it; returns the outcome."""
         outcome, reason = self.outcome()
         es = early_stopping_state(self.stopper, self.decision)
         if es is not None and reason and self.stopper is not None:
             es.update(stopped=True, stopped_epoch=self.stopper.stopped_epoch, reason=reason)
         self.env.emit_final(Finished(outcome=outcome, epoch=self.state.epoch, metrics=metrics, early_stopping=es,
-                                     message=reason, model_path=model_path))
+                                     message=reason, model_path=model_path, evaluation=evaluation))
         return outcome
 
 

@@ -109,7 +109,11 @@ def get_checkpoint() -> Optional[str]:
 
 def save_model(state_dict: dict[str, Any]) -> Optional[str]:
     """Save the trained weights as the job's model (`model.pt` beside the checkpoints, or in
-    `kiln run`'s output). Call on every rank; rank 0 writes. Returns the path (rank 0), else None."""
+    `kiln run`'s output). Call on every rank; rank 0 writes. Returns the path (rank 0), else None.
+
+    The file stays a bare state dict, loaded as the user's code built the model: Kiln cannot describe
+    an architecture it did not build, so `kiln predict` / `kiln export` (which need a built-in model's
+    self-describing model.pt, model_artifact.py) refuse it with a message saying so."""
     session = _current()
     path = session.paths.model_path
     if session.env.rank != 0 or not path:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
 from kiln_api import TrainingJob
+from kiln_api.ray_memory import local_object_store_bytes
 from kiln_api.search import SearchSpec, TrialState
 from kiln_api.status import Phase, TrainingJobStatus
 from kiln_api.storage_paths import PVC_MOUNT_ROOT
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from ray import tune
 
 from .driver import EXIT_FAILED, EXIT_OK, DriverOptions, JobRunner, connect_ray, validation_message
+from .evaluation_run import REPORT_FILE, REPORT_FILES, report_status
 from .events import EpochEnded, Event
 from .search_plot import plot_search
 from .search_report import (
@@ -244,7 +246,8 @@ def run_search(job: TrainingJob, out_dir: str, *, node: Optional[dict[str, float
     experiment = os.path.join(checkpoint_root, "tune", f"{job.name}-search")
     table = TrialTable(search, stream, on_change, key=experiment)
     owns_ray = connect_ray(DriverOptions(checkpoint_dir=checkpoint_root, ray_address=place.ray_address, ray_temp_dir=ray_tmp,
-                                         local_num_cpus=int(node.get("CPU", 0)) or None, local_num_gpus=int(node.get(GPU, 0))))
+                                         local_num_cpus=int(node.get("CPU", 0)) or None, local_num_gpus=int(node.get(GPU, 0)),
+                                         local_object_store_bytes=local_object_store_bytes(job.spec)))
     _LIVE_TABLES[experiment] = table
     try:
         _open_tuner(job, setup, table, trial_resources(topology, in_process), experiment).fit()
@@ -332,9 +335,10 @@ def _conclude(job: TrainingJob, search: SearchSpec, records: list[TrialRecord], 
     checkpoints = {r.trial: os.path.join(checkpoint_root, "trials", r.trial) for r in records}
     failed = sum(r.state == TrialState.failed for r in records)
     if best is not None:
-        model = os.path.join(out_dir, "trials", best.trial, "model.pt")
-        if os.path.exists(model):
-            shutil.copyfile(model, os.path.join(out_dir, "model.pt"))
+        # The best trial's model and its evaluation report (evaluation_run.py) become the job's.
+        for name in ("model.pt", *REPORT_FILES):
+            if os.path.exists(trial_file := os.path.join(out_dir, "trials", best.trial, name)):
+                shutil.copyfile(trial_file, os.path.join(out_dir, name))
     if best is None or failed > search.max_failed_trials:
         reason = "NoSuccessfulTrial" if best is None else "TooManyFailedTrials"
         message = (f"{failed} trials failed (spec.search.maxFailedTrials: {search.max_failed_trials})"
@@ -346,6 +350,7 @@ def _conclude(job: TrainingJob, search: SearchSpec, records: list[TrialRecord], 
         phase, code = Phase.succeeded, EXIT_OK
     status = TrainingJobStatus(phase=phase, reason=reason, message=message, best=best_status(search, records, checkpoints),
                                search=search_status(search, records, total_trials(search), checkpoints))
+    status.evaluation = report_status(os.path.join(out_dir, REPORT_FILE)) if best is not None else None
     write_bytes(os.path.join(out_dir, "status.json"), json.dumps(status_document(status), indent=2).encode())
     return SearchOutcome(code, records, document, status)
 

@@ -10,9 +10,9 @@ from kiln_api.status import TrainingJobStatus
 
 # What the operator copies from /status into the resource (camelCase).
 DRIVER_STATUS_KEYS = ("phase", "reason", "message", "progress", "metrics", "best", "checkpoint", "earlyStopping",
-                      "startTime", "completionTime", "search")
+                      "startTime", "completionTime", "search", "evaluation")
 # Dropped in this order until the termination message fits its limit.
-TERMINATION_DROP_ORDER = ("metrics", "earlyStopping", "best", "checkpoint", "progress", "search")
+TERMINATION_DROP_ORDER = ("metrics", "evaluation", "earlyStopping", "best", "checkpoint", "progress", "search")
 
 
 def status_document(status: TrainingJobStatus) -> dict[str, Any]:

@@ -12,9 +12,11 @@ from kiln_api.status import (
     EarlyStoppingStatus,
     Phase,
     ProgressStatus,
+    StatusEvaluation,
     TrainingJobStatus,
 )
 from kiln_api.timefmt import rfc3339
+from pydantic import ValidationError
 
 from .events import CheckpointSaved, EpochEnded, Event, Finished, Started, StepProgress
 
@@ -116,6 +118,8 @@ def _(event: Finished, status: TrainingJobStatus, epoch_seconds: list[float]) ->
     status.metrics = {**status.metrics, **event.metrics}
     if event.early_stopping:
         status.early_stopping = early_stopping_status(event.early_stopping)
+    if event.evaluation:
+        status.evaluation = evaluation_status(event.evaluation)
     if event.outcome == "interrupted":
         status.phase, status.reason = Phase.suspended, "Interrupted"
         status.message = "stopped on request after a checkpoint; run again to resume"
@@ -128,6 +132,15 @@ def _(event: Finished, status: TrainingJobStatus, epoch_seconds: list[float]) ->
     if not failed:
         status.progress = _progress(status, eta_seconds=0.0)
     return status
+
+
+def evaluation_status(summary: dict[str, Any]) -> Optional[StatusEvaluation]:
+    """status.evaluation from the finished event's summary; one in a shape this build cannot read
+    (another trainer build) is left out rather than failing the status."""
+    try:
+        return StatusEvaluation.model_validate(summary)
+    except ValidationError:
+        return None
 
 
 def fail(status: TrainingJobStatus, reason: str, message: str, when: Optional[float] = None) -> TrainingJobStatus:

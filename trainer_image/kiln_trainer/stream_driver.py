@@ -27,8 +27,8 @@ SHARDED_SPLITS = (TRAIN, VALIDATION)  # the test split is read whole by rank 0
 
 def streaming_source(spec: DataSpec, pvc_root: str) -> Optional[StreamSource]:
     """The job's stream source when its data streams (data.loading and the source's size), else None."""
-    if not is_file_source(spec.source) or spec.loading.value == "memory":
-        return None
+    if not is_file_source(spec.source) or spec.loading.value == "memory" or spec.format.value in ("sequence", "text"):
+        return None  # windows and tokenizers need whole splits in memory (stream is refused for them)
     location = resolve_location(spec.source, pvc_root)
     try:
         if not exists(location):

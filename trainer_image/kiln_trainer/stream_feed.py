@@ -19,6 +19,7 @@ from kiln_api.spec import DataSpec
 from .batch_feed import augmentation_seed
 from .data import DataBundle
 from .data.augmentation import ChannelNormalize, batch_train_transform
+from .data.inference import streamed_inference
 from .data.stream_plan import StreamPlan
 from .data.summary import DataSummary
 
@@ -89,6 +90,9 @@ def stream_bundle(plan: StreamPlan, inputs: StreamInputs, spec: DataSpec, device
         output_dim=plan.output_dim, input_shape=tuple(plan.input_shape), class_names=list(plan.class_names), summary=summary,
         target_mean=plan.target_mean, target_std=plan.target_std, preprocessor=pre,
         train_transform=batch_train_transform(spec.augmentation, image=image, normalize=normalize),
+        inference=streamed_inference(plan.kind, table_schema=plan.table_schema, feature_names=plan.feature_names,
+                                     input_shape=plan.input_shape, pre=pre, task=plan.task, class_names=plan.class_names,
+                                     spec=spec, target_mean=plan.target_mean, target_std=plan.target_std),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from kiln_api import TrainingJob
+from kiln_api.ray_memory import object_store_bytes
 
 from ..settings import OperatorSettings
 from .job_config import job_env_json, job_file_env, job_mount, job_volume
@@ -27,7 +28,6 @@ from .pod_common import (
     resources,
 )
 from .ports import DASHBOARD_PORT, GCS_PORT, RAY_METRICS_PORT
-from .ray_memory import object_store_bytes
 from .storage import checkpoint_dir
 
 PROBE_PERIOD_SECONDS = 5

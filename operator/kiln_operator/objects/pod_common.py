@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 
 from kiln_api import TrainingJob
+from kiln_api.ray_memory import shm_size
 from kiln_api.storage_paths import PVC_MOUNT_ROOT, pvc_mount_path
 
 from ..settings import OperatorSettings
 from .kueue import kueue_annotations, kueue_labels
 from .labels import SPEC_HASH_ANNOTATION, secret_name, spec_hash
 from .owner import object_meta
-from .ray_memory import shm_size
 from .secret import TOKEN_KEY
 from .storage import claims
 

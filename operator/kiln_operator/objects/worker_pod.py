@@ -24,13 +24,13 @@ import math
 import shlex
 
 from kiln_api import TrainingJob
+from kiln_api.ray_memory import object_store_bytes
 from kiln_api.search import cluster_replicas
 
 from ..settings import OperatorSettings
 from .head_pod import PROBE_PERIOD_SECONDS, startup_failure_threshold
 from .labels import WORKER, worker_pod_name
 from .pod_common import auth_env, container, pod_metadata, pod_spec, ray_cpus, ray_env, resources
-from .ray_memory import object_store_bytes
 from .service import service_env_prefix
 
 HEAD_WAIT_INTERVAL_SECONDS = 2

@@ -63,7 +63,7 @@ def test_a_fresh_start_keeps_its_own_checkpoints_over_an_earlier_runs_later_and_
     assert min(h["val_loss"] for h in earlier["history"]) < fresh["history"][0]["val_loss"]  # the earlier best is better
     store = CheckpointStore(paths.checkpoint_dir)
     assert [(i.epoch, i.generation, i.lineage) for i in store.list()] == [(1, 2, 2)]
-    final = torch.load(paths.model_path, weights_only=True)
+    final = torch.load(paths.model_path, weights_only=True)["model"]  # model.pt: {"model", "kiln_model"}
     saved = store.load_state(store.latest_valid())["model"]
     assert all(torch.equal(final[k], saved[k]) for k in saved)
 

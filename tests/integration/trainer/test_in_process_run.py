@@ -21,6 +21,7 @@ from kiln_trainer.checkpoints import CheckpointStore
 from kiln_trainer.local import devices_line, fit_to_machine, local_node
 
 from tests.integration.trainer.test_resume import kill_leftovers, newest_epoch
+from tests.support.datafiles import write_table
 from tests.support.ports import free_port
 from tests.support.trainer_helpers import job, manifest
 from tests.support.waiting import wait_for
@@ -157,6 +158,9 @@ def test_one_worker_trains_in_process_without_ray_and_writes_every_output(tmp_pa
     assert CheckpointStore(str(result / "checkpoints")).latest_valid().epoch == 4
     assert torch.load(result / "model.pt", weights_only=True)
     assert (result / "curves.png").stat().st_size > 0
+    assert "kiln: evaluation: accuracy=" in log and (result / "evaluation.json").exists()
+    assert (result / "confusion_matrix.png").stat().st_size > 0
+    assert json.loads((result / "status.json").read_text())["evaluation"]["task"] == "classification"
 
 
 IN_PROCESS_PROBE = """
@@ -170,11 +174,34 @@ print(json.dumps({"code": code, "ray_imported": "ray" in sys.modules, "phase": r
 
 @pytest.mark.timeout(300)
 def test_in_process_training_never_even_imports_ray(tmp_path):
-    job_file = write_job(tmp_path, "no-ray", {"hyperparameters": {"epochs": 1}})
+    # A table with an evaluation report sliced by a column that is not a feature: its imports
+    # (scikit-learn, matplotlib) must not pull Ray in either.
+    write_table(tmp_path / "t.csv", rows=150)
+    spec = {"hyperparameters": {"epochs": 1}, "data": {"source": str(tmp_path / "t.csv")},
+            "evaluation": {"sliceBy": ["colour"], "excludeFromFeatures": ["colour"]}}
+    job_file = write_job(tmp_path, "no-ray", spec)
     result = subprocess.run([sys.executable, "-c", IN_PROCESS_PROBE, str(job_file), str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.splitlines()[-1]) == {"code": 0, "ray_imported": False, "phase": "Succeeded"}
+    assert_evaluation_report(tmp_path / "out" / "no-ray", features=2, slice_column="colour")
+
+
+def assert_evaluation_report(result: Path, features: int, slice_column: str) -> None:
+    """evaluation.json and its plot beside model.pt, its headline in status.json; the slice column
+    was read for the report but the model never saw it."""
+    report = json.loads((result / "evaluation.json").read_text())
+    assert report["task"] == "classification" and report["labels"] == ["no", "yes"]
+    assert sum(sum(row) for row in report["confusion_matrix"]) == report["rows"] > 0
+    assert set(report["slices"][slice_column]) == {"red", "green", "blue"}
+    assert (result / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+    evaluation = json.loads((result / "status.json").read_text())["evaluation"]
+    assert evaluation["metrics"]["accuracy"] == report["metrics"]["accuracy"]
+    assert evaluation["worstSlice"]["column"] == slice_column
+    assert evaluation["flaggedSlices"] == len(report["flagged_slices"])
+    saved = torch.load(result / "model.pt", weights_only=True)
+    first_layer = next(w for w in saved.get("model", saved).values() if w.ndim == 2)
+    assert first_layer.shape[1] == features
 
 
 @pytest.mark.timeout(300)

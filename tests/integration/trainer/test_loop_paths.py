@@ -97,7 +97,7 @@ def test_frozen_backbone_keeps_pretrained_weights(tmp_path):
     result, paths = train(tmp_path, "transfer", {"model": {"pretrained": {"path": str(weights), "freezeBackbone": True}},
                                                  "hyperparameters": {"epochs": 3}})
     assert result["outcome"] == "completed"
-    trained = torch.load(paths.model_path, weights_only=True)
+    trained = torch.load(paths.model_path, weights_only=True)["model"]  # model.pt: {"model", "kiln_model"}
     original = model.state_dict()
     backbone = [k for k in original if k.startswith("backbone.")]
     head = [k for k in original if k.startswith("head.") and original[k].is_floating_point()]
@@ -135,7 +135,7 @@ def test_restore_best_weights_ends_with_the_best_checkpoint(tmp_path):
     result, paths = train(tmp_path, "best", changes)
     store = CheckpointStore(paths.checkpoint_dir, keep=1, metric="val_loss", mode="min")
     best = store.load_state(store.best())["model"]
-    final = torch.load(paths.model_path, weights_only=True)
+    final = torch.load(paths.model_path, weights_only=True)["model"]
     assert all(torch.equal(final[k], best[k]) for k in best)
 
 
@@ -181,7 +181,7 @@ def run(tmp_path, name, spec_changes, env=None, subdir="run"):
 
 
 def same_tensors(a_path, b_path):
-    a, b = torch.load(a_path, weights_only=True), torch.load(b_path, weights_only=True)
+    a, b = torch.load(a_path, weights_only=True)["model"], torch.load(b_path, weights_only=True)["model"]
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

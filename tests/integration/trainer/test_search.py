@@ -169,6 +169,11 @@ def test_the_head_pods_driver_runs_a_search_on_the_cluster_and_reports_it(ray_cl
     assert final["search"]["best"]["trial"] == document["best"]["trial"]
     assert (storage / "model.pt").exists()
     assert all((storage / "trials" / t["trial"]).is_dir() for t in document["trials"])
+    # The best trial's evaluation report (every trial writes one beside its model) is the job's.
+    best_report = storage / "trials" / document["best"]["trial"] / "evaluation.json"
+    assert (storage / "evaluation.json").read_bytes() == best_report.read_bytes()
+    assert (storage / "confusion_matrix.png").exists()
+    assert final["evaluation"]["metrics"]["accuracy"] == json.loads(best_report.read_text())["metrics"]["accuracy"]
 
 
 def finished_trials(experiment: Path) -> list[str]:

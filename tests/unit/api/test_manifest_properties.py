@@ -284,6 +284,11 @@ SEEDS: dict[tuple[Any, ...], str] = {
     ("spec", "entrypoint"): "my_project.training:train",
     ("spec", "data", "source"): "pvc://datasets/tables/train.csv",
     ("spec", "data", "target"): "label",
+    ("spec", "data", "sequence", "features", 0): "temperature",
+    ("spec", "data", "sequence", "groupBy"): "station",
+    ("spec", "data", "text", "column"): "review",
+    ("spec", "evaluation", "sliceBy", 0): "region",
+    ("spec", "evaluation", "excludeFromFeatures", 0): "region",
     ("spec", "checkpoint", "storage"): "pvc://checkpoints/runs/prop",
     ("spec", "checkpoint", "metric"): "val_loss",
     ("spec", "earlyStopping", "metric"): "val_loss",
@@ -343,6 +348,18 @@ def with_string(path: tuple[Any, ...], value: str) -> dict[str, Any]:
         node["parameters"] = {"model.dropout": {"uniform": [0.0, 0.5]}}
     if path[:3] == ("spec", "model", "pretrained") and "path" not in node:
         node["path"] = "pvc://models/w.pt"
+    if path[:3] in (("spec", "data", "sequence"), ("spec", "data", "text")):  # only read with that format
+        manifest["spec"]["data"]["format"] = path[2]
+        manifest["spec"]["model"] = {"architecture": "lstm"}
+    if isinstance(path[-1], int):  # a list of strings: the value is its only item
+        parent = manifest
+        for part in path[:-2]:
+            parent = parent[part]
+        parent[path[-2]] = [value]
+    if path[:2] == ("spec", "evaluation"):  # slices need a table; an excluded column must be sliced too
+        manifest["spec"].setdefault("data", {})["source"] = "pvc://datasets/tables/train.csv"
+        if path[2] == "excludeFromFeatures":
+            manifest["spec"]["evaluation"]["sliceBy"] = [value]
     if path[:3] == ("spec", "workers", "tolerations"):
         node.setdefault("operator", "Exists") if path[-1] != "value" else node.setdefault("key", "gpu")
     if path == ("spec", "model") or path[:2] == ("spec", "entrypoint"):

@@ -15,10 +15,12 @@ EXPECTED_PANELS = {
     "Checkpoint duration", "GPU utilisation", "GPU memory", "GPU utilisation (DCGM)", "GPU framebuffer used (DCGM)",
     "Pod CPU", "Pod memory", "Reconcile latency", "Reconcile errors", "Finished job duration",
     "Search trials by state", "Search best metric", "Search: validation metrics per trial",
+    "Evaluation on the test split", "Flagged slices",
 }
 # What a panel's series need besides Kiln's own processes, by the metric prefix that needs it.
 REQUIRES = {"cuda": ("kiln_gpu_", "kiln_torch_cuda_"), "dcgm": ("DCGM_",), "cadvisor": ("container_",),
-            "search": ("kiln_search_", 'trial!=""')}  # a job with spec.search
+            "search": ("kiln_search_", 'trial!=""'),  # a job with spec.search
+            "evaluation": ("kiln_evaluation_",)}  # a job that finished with an evaluation report
 # Operator series that carry the TrainingJob's namespace as `namespace`.
 OPERATOR_NAMESPACED = ("kiln_trainingjobs", "kiln_trainingjob_restarts_total")
 

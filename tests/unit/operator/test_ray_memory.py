@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from kiln_api import TrainingJob
+from kiln_api.ray_memory import MIN_STORE_BYTES, object_store_bytes, quantity_bytes, shm_size
 from kiln_operator.objects import build_head_pod, build_worker_pod
-from kiln_operator.objects.ray_memory import MIN_STORE_BYTES, object_store_bytes, quantity_bytes, shm_size
 from kiln_operator.settings import OperatorSettings
 
 
@@ -43,3 +43,18 @@ def test_pods_start_ray_with_their_share_and_mount_a_shm_that_holds_it() -> None
         assert f"--object-store-memory={object_store_bytes(memory)}" in script
         shm = next(v for v in pod["spec"]["volumes"] if v["name"] == "dshm")
         assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": shm_size(memory)}
+
+
+def test_a_local_cluster_gets_the_object_store_its_worker_pods_would_hold_together():
+    from kiln_api.ray_memory import local_object_store_bytes
+
+    def job(**spec: object) -> TrainingJob:
+        return TrainingJob.model_validate({"apiVersion": "kiln.dev/v1alpha1", "kind": "TrainingJob",
+                                           "metadata": {"name": "j"}, "spec": spec})
+
+    assert local_object_store_bytes(job(workers={"replicas": 2, "memoryPerWorker": "2Gi"}).spec) == 2 * object_store_bytes("2Gi")
+    search = {"algorithm": "grid", "metric": "val_accuracy", "maxConcurrentTrials": 3,
+              "parameters": {"hyperparameters.learningRate": {"choice": [0.1, 0.01, 0.001]}}}
+    # A search's cluster holds maxConcurrentTrials x replicas worker pods.
+    assert local_object_store_bytes(job(workers={"replicas": 1, "memoryPerWorker": "4Gi"}, search=search).spec) \
+        == 3 * object_store_bytes("4Gi")

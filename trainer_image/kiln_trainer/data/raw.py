@@ -28,6 +28,10 @@ class RawData:
     source: str
     class_names: list[str] = field(default_factory=list)
     feature_names: list[str] = field(default_factory=list)
+    # Text columns one-hot encoded into `name=value` features: name -> its values (for predicting).
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    # spec.evaluation.sliceBy columns: name -> each row's raw value (None where missing), row-aligned.
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task == REGRESSION and self.y.ndim == 1:

@@ -9,12 +9,14 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 import numpy as np
+import pandas as pd
 from kiln_api.spec import DataFormat, DataSpec, Task
 
-from ..storage import exists, is_remote, resolve_location
+from ..storage import exists, is_remote, open_file, resolve_location
 from .errors import DataError
 from .images import load_image_folder
 from .raw import CLASSIFICATION, IMAGE, REGRESSION, TABLE, RawData
+from .slice_columns import NO_COLUMNS, ColumnRequest
 from .tables import load_table
 
 IMAGE_ARCHITECTURES = ("cnn", "resnet18", "resnet34", "resnet50")
@@ -22,7 +24,7 @@ CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
 
-def load_raw(spec: DataSpec, *, pvc_root: str, for_architecture: str) -> RawData:
+def load_raw(spec: DataSpec, *, pvc_root: str, for_architecture: str, columns: ColumnRequest = NO_COLUMNS) -> RawData:
     """Load the data a spec names, unsplit and unscaled."""
     source = spec.source
     if source.startswith("builtin:"):
@@ -30,7 +32,7 @@ def load_raw(spec: DataSpec, *, pvc_root: str, for_architecture: str) -> RawData
     elif source.startswith("synthetic:"):
         raw = load_synthetic(spec)
     else:
-        raw = load_location(spec, pvc_root)
+        raw = load_location(spec, pvc_root, columns)
     _check_task(spec, raw)
     return raw
 
@@ -97,7 +99,7 @@ def load_synthetic(spec: DataSpec) -> RawData:
         )
         return RawData(x=x.astype(np.float32), y=y.astype(np.float32), task=REGRESSION, kind=TABLE, source=spec.source, feature_names=names)
     if kind != "classification":
-        raise DataError("spec.data.source", f"unknown synthetic data set {kind!r}; choose classification or regression")
+        raise DataError("spec.data.source", f"unknown synthetic data set {kind!r}; choose classification, regression, sequence or text")
     # make_classification puts each class on a hypercube vertex: it needs 2**informative >= classes.
     informative = max(math.ceil(math.log2(syn.classes)), min(syn.features, 2 + syn.features // 2))
     if informative > syn.features:
@@ -125,7 +127,7 @@ def load_synthetic(spec: DataSpec) -> RawData:
     )
 
 
-def load_location(spec: DataSpec, pvc_root: str) -> RawData:
+def load_location(spec: DataSpec, pvc_root: str, columns: ColumnRequest = NO_COLUMNS) -> RawData:
     """A CSV/Parquet file or an image folder on a local path, a PVC or S3."""
     location = resolve_location(spec.source, pvc_root)
     try:
@@ -138,7 +140,26 @@ def load_location(spec: DataSpec, pvc_root: str) -> RawData:
     if data_format == DataFormat.imagefolder:
         return load_image_folder(location, spec.image_size, source=spec.source)
     task = None if spec.task == Task.auto else spec.task.value
-    return load_table(location, data_format.value, target=spec.target, task=task, source=spec.source)
+    return load_table(location, data_format.value, target=spec.target, task=task, source=spec.source, columns=columns)
+
+
+def load_frame(spec: DataSpec, pvc_root: str) -> pd.DataFrame:
+    """A CSV or Parquet file as a frame (format sequence/text: the suffix says which, CSV by default)."""
+    location = resolve_location(spec.source, pvc_root)
+    try:
+        found = exists(location)
+    except (ImportError, OSError) as exc:
+        raise DataError("spec.data.source", f"{spec.source}: cannot reach {location}: {exc}") from exc
+    if not found or is_dir(location):
+        raise DataError("spec.data.source", f"{spec.source}: no such file ({location}); format {spec.format.value} reads one csv or parquet file")
+    parquet = location.lower().endswith(PARQUET_SUFFIXES)
+    try:
+        with open_file(location, "rb") as handle:
+            if parquet:
+                return pd.read_parquet(handle)
+            return pd.read_csv(handle, sep="\t" if location.lower().endswith(".tsv") else ",")
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError("spec.data.source", f"{spec.source}: cannot read it as {'parquet' if parquet else 'csv'}: {exc}") from exc
 
 
 def infer_format(requested: DataFormat, location: str, is_dir: bool) -> DataFormat:

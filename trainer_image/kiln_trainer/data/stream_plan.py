@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
-from kiln_api.spec import DataLoading, DataSpec
+from kiln_api.spec import DataFormat, DataLoading, DataSpec
 
 from .preprocessing import Preprocessor
 
@@ -31,6 +31,8 @@ def choose_loading(spec: DataSpec, source_bytes: Optional[int]) -> str:
     """`memory` or `stream`: builtin and synthetic sets are always in memory; files stream when asked,
     or under auto when larger than stream.thresholdMiB (size unknown: memory, as before)."""
     if not is_file_source(spec.source) or spec.loading == DataLoading.memory:
+        return MEMORY
+    if spec.format in (DataFormat.sequence, DataFormat.text):  # windows and tokenizers need whole splits
         return MEMORY
     if spec.loading == DataLoading.stream:
         return STREAM

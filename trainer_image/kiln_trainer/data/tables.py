@@ -9,6 +9,7 @@ from pandas.api import types as ptypes
 from ..storage import open_file
 from .errors import DataError
 from .raw import CLASSIFICATION, REGRESSION, TABLE, RawData
+from .slice_columns import NO_COLUMNS, ColumnRequest, take_columns
 
 # An integer target with at most this many distinct values is taken as class labels.
 MAX_AUTO_CLASSES = 50
@@ -16,7 +17,8 @@ MAX_AUTO_CLASSES = 50
 MAX_ONE_HOT = 100
 
 
-def load_table(location: str, data_format: str, *, target: str, task: str | None, source: str) -> RawData:
+def load_table(location: str, data_format: str, *, target: str, task: str | None, source: str,
+               columns: ColumnRequest = NO_COLUMNS) -> RawData:
     """Read a table and turn it into features and labels (`task` None infers it)."""
     try:
         with open_file(location, "rb") as handle:
@@ -26,10 +28,11 @@ def load_table(location: str, data_format: str, *, target: str, task: str | None
                 frame = pd.read_csv(handle, sep="\t" if location.lower().endswith(".tsv") else ",")
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError("spec.data.source", f"{source}: cannot read it as {data_format}: {exc}") from exc
-    return table_to_raw(frame, target=target, task=task, source=source)
+    return table_to_raw(frame, target=target, task=task, source=source, columns=columns)
 
 
-def table_to_raw(frame: pd.DataFrame, *, target: str, task: str | None, source: str) -> RawData:
+def table_to_raw(frame: pd.DataFrame, *, target: str, task: str | None, source: str,
+                 columns: ColumnRequest = NO_COLUMNS) -> RawData:
     """Split a frame into float features (NaN kept for imputation) and encoded labels."""
     if target not in frame.columns:
         shown = ", ".join(map(str, list(frame.columns)[:20]))
@@ -37,18 +40,24 @@ def table_to_raw(frame: pd.DataFrame, *, target: str, task: str | None, source: 
     frame = frame[frame[target].notna()]
     if frame.empty:
         raise DataError("spec.data.target", f"column {target!r} of {source} has no values")
+    frame, kept = take_columns(frame, columns, target=target, source=source)
     labels = frame[target]
     task = task or infer_task(labels)
-    features = encode_features(frame.drop(columns=[target]), source)
+    feature_frame = frame.drop(columns=[target])
+    features = encode_features(feature_frame, source)
+    # A column that kept no feature of its own name was one-hot encoded (`name=value` features).
+    categories = {str(n): sorted(feature_frame[n].dropna().astype(str).unique().tolist())
+                  for n in feature_frame.columns if str(n) not in features.columns}
     if task == CLASSIFICATION:
         y, class_names = encode_labels(labels)
         return RawData(x=features.to_numpy(np.float32), y=y, task=task, kind=TABLE, source=source,
-                       class_names=class_names, feature_names=list(map(str, features.columns)))
+                       class_names=class_names, feature_names=list(map(str, features.columns)), categories=categories,
+                       columns=kept)
     if not ptypes.is_numeric_dtype(labels) or ptypes.is_bool_dtype(labels):
         raise DataError("spec.data.task", f"regression needs a numeric target, but column {target!r} holds {labels.dtype} values")
     y = labels.to_numpy(np.float32)
     return RawData(x=features.to_numpy(np.float32), y=y, task=REGRESSION, kind=TABLE, source=source,
-                   feature_names=list(map(str, features.columns)))
+                   feature_names=list(map(str, features.columns)), categories=categories, columns=kept)
 
 
 def infer_task(labels: pd.Series) -> str:

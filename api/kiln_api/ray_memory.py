@@ -12,6 +12,7 @@ default spill directory under /tmp). `kiln render` shows both figures in the pod
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # Share of a pod's memory limit given to the object store (Ray's own default share of a machine):
 # enough for the prefetch window of a few blocks, leaving most of it to the training process.
@@ -40,6 +41,15 @@ def object_store_bytes(memory: str, fraction: float = STORE_FRACTION) -> int:
     never over half the limit)."""
     limit = quantity_bytes(memory)
     return int(min(max(limit * fraction, MIN_STORE_BYTES), max(limit // 2, MIN_STORE_BYTES)))
+
+
+def local_object_store_bytes(spec: Any) -> int:
+    """The object store of a local Ray cluster (`kiln run`) that stands for the job's worker pods:
+    what they would hold together, so that streaming is bounded on a laptop as in the pods, rather
+    than by Ray's default of 30 % of the machine."""
+    from .search import cluster_replicas
+
+    return cluster_replicas(spec) * object_store_bytes(spec.workers.memory_per_worker)
 
 
 def shm_size(memory: str, fraction: float = STORE_FRACTION) -> str:
