@@ -304,16 +304,18 @@ class MetricsSpec(ApiModel):
 # --------------------------------------------------------------------------- evaluation
 
 MAX_SLICE_COLUMNS = 16
+# Table column names, at most MAX_SLICE_COLUMNS of them (sliceBy and excludeFromFeatures).
+SliceColumns = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=COLUMN_MAX_LENGTH, pattern=COLUMN_PATTERN)]],
+    Field(max_length=MAX_SLICE_COLUMNS),
+]
 
 
 class EvaluationSpec(ApiModel):
     """The evaluation report written after training (evaluation.json beside the model): per-class and
     averaged metrics on the test split, and the same metrics per value of the sliceBy columns."""
 
-    slice_by: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=COLUMN_MAX_LENGTH, pattern=COLUMN_PATTERN)]],
-        Field(max_length=MAX_SLICE_COLUMNS),
-    ] = Field(
+    slice_by: SliceColumns = Field(
         default_factory=list,
         description="Table columns (csv/parquet, data in memory) whose every value gets its own metrics on the test "
         "split: the bias check. A column may be a feature or a column listed in excludeFromFeatures. A slice is "
@@ -325,10 +327,7 @@ class EvaluationSpec(ApiModel):
         "by more than this many points (0.05 = 5 percentage points) for classification; RMSE higher by more than "
         "this fraction of the whole split's RMSE (0.05 = 5%) for regression, since RMSE has the target's units.",
     )
-    exclude_from_features: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=COLUMN_MAX_LENGTH, pattern=COLUMN_PATTERN)]],
-        Field(max_length=MAX_SLICE_COLUMNS),
-    ] = Field(
+    exclude_from_features: SliceColumns = Field(
         default_factory=list,
         description="sliceBy columns the model must not see (a sensitive attribute, a region code): they are dropped "
         "from the features and read only for the report. Each must be listed in sliceBy.",
