@@ -30,6 +30,7 @@ import kopf
 from kiln_api import API_GROUP, API_VERSION, KIND, PLURAL
 
 from .apply import ObjectRejected, apply_decision
+from .caches import OperatorCaches
 from .kube import ApiError, KubeClient
 from .metrics import OperatorMetrics
 from .objects.labels import MANAGED_BY_LABEL, MANAGER
@@ -90,6 +91,7 @@ class Runtime:
     settings: OperatorSettings
     kube: KubeClient
     metrics: OperatorMetrics
+    caches: OperatorCaches | None = None  # watch-fed reads; None: every read goes to the API server
     _gates: dict[str, JobGate] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -126,16 +128,13 @@ def _reconcile_locked(runtime: Runtime, namespace: str, name: str) -> Decision |
 
 def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decision | None:
     """One observe -> decide -> apply pass; the caller holds the job's lock."""
-    try:
-        job = runtime.kube.get(KIND, namespace, name)  # fresh: kopf's body may be stale
-    except ApiError as exc:
-        if exc.status == 404:
-            runtime.forget(namespace, name)
-            return None
-        raise
+    job = _current_job(runtime, namespace, name)
+    if job is None:
+        return None
     if job["metadata"].get("deletionTimestamp"):
         return None  # going away: recreating children now would only feed the garbage collector
-    observation = observe(runtime.kube, job)
+    caches = runtime.caches
+    observation = observe(runtime.kube, job, caches.children(namespace, name) if caches is not None else None)
     # The token is used only if the Secret is missing: it is immutable, and a create that finds
     # it answers 409, so a running cluster keeps the token it has (and it is never read back).
     token = secrets.token_urlsafe(32)
@@ -153,6 +152,20 @@ def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decisi
     runtime.gate_for(namespace, name).remember(observation.pods)
     runtime.metrics.record_status(namespace, name, job.get("status") or {}, decision.status)
     return decision
+
+
+def _current_job(runtime: Runtime, namespace: str, name: str) -> dict[str, Any] | None:
+    """The job as the watch last showed it (with the operator's own writes), else as the API
+    server has it; None when it no longer exists. Not kopf's handler body, which may be older."""
+    if runtime.caches is not None and (job := runtime.caches.job(namespace, name)) is not None:
+        return job
+    try:
+        return runtime.kube.get(KIND, namespace, name)
+    except ApiError as exc:
+        if exc.status == 404:
+            runtime.forget(namespace, name)
+            return None
+        raise
 
 
 def _run(runtime: Runtime, namespace: str, name: str, *, requeue: bool) -> None:
@@ -197,6 +210,11 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     def on_timer(namespace: str, name: str, **_: Any) -> None:
         _run(runtime, namespace, name, requeue=False)
 
+    @kopf.on.event(*RESOURCE, registry=registry)
+    def on_job_event(event: dict[str, Any], type: str | None = None, **_: Any) -> None:  # noqa: A002  (kopf's name)
+        if runtime.caches is not None:  # kopf's initial listing has no type: it adds the job
+            runtime.caches.jobs.apply_event(type or "ADDED", event["object"])
+
     @kopf.on.event("", "v1", "pods", labels=MANAGED_BY, registry=registry)
     def on_pod_event(body: Any, namespace: str, type: str | None = None, **_: Any) -> None:  # noqa: A002  (kopf's name)
         job_name = _owner_job(body)
@@ -204,8 +222,11 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             return
         gate = runtime.gate_for(namespace, job_name)
         meta = body.get("metadata", {})
-        if not gate.is_news(str(meta.get("name")), meta.get("resourceVersion"), type):
+        pod_name, version = str(meta.get("name")), meta.get("resourceVersion")
+        if not gate.is_news(pod_name, version, type):
             return  # the last reconcile already saw this very version of the pod
+        if type == "ADDED" and runtime.caches is not None and runtime.caches.written_by_operator("Pod", namespace, pod_name, version):
+            return  # the operator's own create: the reconcile that made it knew
         if not gate.claim_queue_slot():
             return  # a reconcile is already waiting for the lock; it will read this change
         try:

@@ -9,7 +9,7 @@ between releases.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -96,6 +96,7 @@ class KubeClient:
 
     configuration: k8s_client.Configuration
     timeout_seconds: float = 10.0
+    user_agent: str = USER_AGENT
 
     def __post_init__(self) -> None:
         cfg = self.configuration
@@ -111,7 +112,7 @@ class KubeClient:
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
         # Named in the API server's audit log and request metrics (urllib3's default names no one).
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         if content_type:
             headers["Content-Type"] = content_type
         token = self.configuration.get_api_key_with_prefix("authorization")
@@ -136,6 +137,35 @@ class KubeClient:
         if response.status >= 400:
             raise ApiError(response.status, str(payload.get("reason") or "Error"), str(payload.get("message") or ""))
         return payload
+
+    def stream_lines(self, path: str, params: dict[str, str], read_timeout: float,
+                     opened: Callable[[urllib3.BaseHTTPResponse], None] | None = None) -> Iterator[bytes]:
+        """The lines of a streamed answer (a watch) as they arrive; ApiError for an error status.
+
+        `opened` receives the response, whose `shutdown()` ends a read blocked in another thread."""
+        url = self.configuration.host.rstrip("/") + path + f"?{urlencode(params)}"
+        try:
+            response = self._pool.request("GET", url, headers=self._headers(None), preload_content=False,
+                                          timeout=urllib3.Timeout(connect=self.timeout_seconds, read=read_timeout))
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApiError(0, "Unreachable", f"GET {path}: {exc}") from None
+        if opened is not None:
+            opened(response)
+        try:
+            if response.status >= 400:
+                payload = json.loads(response.read() or b"{}")
+                raise ApiError(response.status, str(payload.get("reason") or "Error"), str(payload.get("message") or ""))
+            pending = b""
+            for chunk in response.stream(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                yield from lines
+            if pending:
+                yield pending
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApiError(0, "Unreachable", f"GET {path}: {exc}") from None
+        finally:
+            response.release_conn()
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
         return self.request("GET", resource_path(kind, namespace, name))

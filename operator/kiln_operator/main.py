@@ -20,8 +20,9 @@ import kopf
 from kiln_api import API_GROUP
 from kubernetes import client as k8s_client
 
+from .caches import CachingKube, OperatorCaches
 from .handlers import MANAGED_BY, Runtime, register
-from .kube import KubeClient, load_configuration
+from .kube import load_configuration
 from .metrics import OperatorMetrics
 from .settings import OperatorSettings, SettingsError, parse_setting
 
@@ -157,12 +158,15 @@ async def serve(settings: OperatorSettings, kubeconfig: str | None, *, peering: 
                 priority: int | None = None, stop_flag: Any = None, ready_flag: Any = None, metrics: OperatorMetrics | None = None,
                 liveness: bool = True) -> None:
     """Run the operator until `stop_flag` is set (used by `kiln operator` and the tests)."""
-    runtime = Runtime(settings=settings, kube=KubeClient(load_configuration(kubeconfig)), metrics=metrics or OperatorMetrics())
+    kube = CachingKube(load_configuration(kubeconfig))
+    kube.caches = OperatorCaches(kube, settings.namespaces).start()
+    runtime = Runtime(settings=settings, kube=kube, metrics=metrics or OperatorMetrics(), caches=kube.caches)
     namespaces = list(settings.namespaces)
     config = kopf_settings(settings)
     try:
         await _run_kopf(runtime, config, kubeconfig, namespaces, (peering, priority), stop_flag, ready_flag, liveness)
     finally:
+        kube.caches.stop()
         # Each kopf settings object brings its own thread pool; release it with the operator.
         config.execution.executor.shutdown(wait=False, cancel_futures=True)
 

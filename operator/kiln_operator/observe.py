@@ -229,6 +229,18 @@ def read_children(kube: KubeClient, namespace: str, job: JobRef, uid: str) -> di
     return found
 
 
+def children_from_cache(cached: list[tuple[str, dict[str, Any]]], job: JobRef, uid: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """What `read_children` would find, picked from an informer's cached (kind, object) pairs."""
+    listed = {row.kind for row in CHILDREN if row.listed}
+    named = {(row.kind, row.name(job, 0)) for row in CHILDREN if not row.listed and row.read_back}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind, obj in cached:
+        key = (kind, obj["metadata"]["name"])
+        if (kind in listed and owned_by(obj, uid)) or key in named:
+            found[key] = obj
+    return found
+
+
 def spec_hashes(found: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str, str], str]:
     """The spec hash each non-pod child object was built from, where it records one."""
     hashes = {}
@@ -239,10 +251,11 @@ def spec_hashes(found: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str,
     return hashes
 
 
-def observe(kube: KubeClient, job: dict[str, Any]) -> Observation:
-    """Everything `decide` needs."""
+def observe(kube: KubeClient, job: dict[str, Any], cached: list[tuple[str, dict[str, Any]]] | None = None) -> Observation:
+    """Everything `decide` needs; the children from `cached` (an informer's) when given, else the API."""
     meta = job["metadata"]
-    found = read_children(kube, meta.get("namespace") or "default", JobRef(meta["name"]), meta.get("uid", ""))
+    namespace, ref, uid = meta.get("namespace") or "default", JobRef(meta["name"]), meta.get("uid", "")
+    found = children_from_cache(cached, ref, uid) if cached is not None else read_children(kube, namespace, ref, uid)
     pods = {name: obj for (kind, name), obj in found.items() if kind == HEAD_POD.kind}
     trainer_status, error = fetch_trainer_status(head_status_url(job, pods))
     return Observation(

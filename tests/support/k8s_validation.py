@@ -23,7 +23,11 @@ CORE_METADATA = ("name", "generateName", "namespace")
 
 
 def _metadata_map_errors(metadata: dict[str, Any], crd: dict[str, Any], obj: dict[str, Any]) -> list[FieldError]:
-    """Label and annotation errors: validate_object on a minimal object carrying only them."""
+    """Label and annotation errors: validate_object on a minimal object carrying only them.
+
+    `crd` should be the CRD without spec and status: with them, the probe's defaulted spec
+    would run every CEL rule of the schema on each new set of annotations (kopf writes one per
+    handled change)."""
     maps = {k: metadata[k] for k in ("labels", "annotations") if k in metadata}
     if not maps:
         return []
@@ -68,7 +72,7 @@ class MemoValidator:
             self._remember(["main", main_result.obj], lambda: main_result)
             name_result = self._remember(["name", names], lambda: validate_object(names, self._meta_crd))
             map_errors = self._remember(["maps", metadata.get("labels"), metadata.get("annotations")],
-                                        lambda: _metadata_map_errors(metadata, self.crd, obj))
+                                        lambda: _metadata_map_errors(metadata, self._meta_crd, obj))
             status_result = None
             if "status" in obj:
                 probe = {**head, "metadata": {"name": "x"}, "status": obj["status"]}

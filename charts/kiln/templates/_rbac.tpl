@@ -6,7 +6,7 @@ operator's code and compares both ways; tests/integration/monitoring checks a re
 {{/* Namespaced resources: in the ClusterRole (cluster-wide) or in a Role per watched namespace. */}}
 {{- define "kiln.namespacedRules" -}}
 # kopf watches jobs and patches its finalizer and progress annotations; the operator reads a job
-# fresh before each reconcile and deletes it after ttlSecondsAfterFinished.
+# it has not seen in that watch yet and deletes it after ttlSecondsAfterFinished.
 - apiGroups: ["kiln.dev"]
   resources: ["trainingjobs"]
   verbs: ["get", "list", "watch", "patch", "delete"]
@@ -22,22 +22,24 @@ operator's code and compares both ways; tests/integration/monitoring checks a re
   resources: ["pods"]
   verbs: ["list", "watch", "create", "delete"]
 # The job's Secret (its Ray token) is only ever created, with the pods that need it: a 409
-# says it exists, and the operator never reads a Secret. Like the Service and NetworkPolicy
-# (read by name to see whether they exist), it is removed by the garbage collector with the job.
+# says it exists, and the operator never reads a Secret. Like the Service and NetworkPolicy,
+# it is removed by the garbage collector with the job.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create"]
+# Pods, Services, ConfigMaps and NetworkPolicies are read from the operator's watch-fed caches
+# (list + watch of Kiln's objects); by name only while a cache is (re)listing.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create"]
-# The job's ConfigMap (the job file the driver reads): read by name, and replaced (deleted) when
-# it holds an older accepted spec than the pods about to be created.
+  verbs: ["get", "list", "watch", "create"]
+# The job's ConfigMap (the job file the driver reads) is replaced (deleted) when it holds an
+# older accepted spec than the pods about to be created.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "create"]
+  verbs: ["get", "list", "watch", "create"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

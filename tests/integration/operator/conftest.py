@@ -20,7 +20,8 @@ from tests.support.ports import free_port
 
 @pytest.fixture()
 def kube(k8s_api: EmulatedApiServer) -> KubeClient:  # noqa: F811
-    return KubeClient(load_configuration(k8s_api.kubeconfig_path))
+    # Its own User-Agent: the request log tells the tests' (and the fake kubelet's) requests from the operator's.
+    return KubeClient(load_configuration(k8s_api.kubeconfig_path), user_agent="kiln-tests")
 
 
 @pytest.fixture()

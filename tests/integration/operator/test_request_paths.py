@@ -1,5 +1,6 @@
 """How the operator spends API requests: concurrent independent calls, pods after what they
-rely on, and pod events that carry nothing new are not reconciled again."""
+rely on, pod events that carry nothing new are not reconciled again, and running jobs are
+reconciled from the watch caches."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from kiln_operator.handlers import JobGate
 from kiln_operator.kube import ApiError, KubeClient, concurrently
 
 from tests.support.k8s_emulator import EmulatedApiServer
+from tests.support.operator_reads import start_running_job
+from tests.support.waiting import wait_for
 
 
 @pytest.mark.parametrize(
@@ -90,3 +93,23 @@ def test_ensure_created_reports_a_failure_after_finishing_the_batch(k8s_api: Emu
     assert failure.value.status == 500
     assert k8s_api.get("v1/services", "default", "k-head") is not None  # its batch-mate still went out
     assert k8s_api.list("v1/pods", "default", "kiln.dev/job-name=k") == []  # no pod before its Secret
+
+
+def test_a_running_job_is_reconciled_from_the_watch_caches_without_reads(
+        k8s_api: EmulatedApiServer, kube: KubeClient, operator: Any, kubelet: Any, trainer: Any) -> None:
+    def operator_requests(since: int) -> list[Any]:
+        return [r for r in k8s_api.requests[since:] if r.agent.startswith("kiln-operator")]
+
+    def reconciles() -> float:
+        samples = operator.metrics.reconcile_duration.collect()[0].samples
+        return next(s.value for s in samples if s.name.endswith("_count"))
+
+    # The informers list each child kind once at start-up, then only watch.
+    wait_for(lambda: {r.resource for r in operator_requests(0) if r.verb == "watch"}
+             >= {"pods", "configmaps", "services", "networkpolicies"}, 30, "the operator's informers to watch")
+    before = len(k8s_api.requests)
+    start_running_job(kube, kubelet, trainer, "cached")
+    at_running = reconciles()
+    wait_for(lambda: reconciles() >= at_running + 4, 30, "four more timer reconciles of the running job")
+    reads = [f"{r.verb} {r.resource}" for r in operator_requests(before) if r.verb in ("get", "list")]
+    assert reads == [], f"reconciles read from the API server: {reads}"

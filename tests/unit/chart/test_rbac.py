@@ -6,7 +6,8 @@ child-object table (objects/table.py) and the object literals, those of `kube.de
 the `("Kind", name)` targets the code plans, and those of calls whose kind comes from iterating the
 table (observe GETs the rows it reads by name, LISTs the listed ones) from the table; plus what kopf does for the handlers the operator registers (list/watch every handled
 resource, patch its finalizer/progress annotations on resources with change handlers or timers,
-post Events) and for peering. tests/integration/monitoring checks a real run's request log too.
+post Events) and for peering, and the list and watch of the operator's informers (caches.py).
+tests/integration/monitoring checks a real run's request log too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import kiln_api
 import kiln_operator.kube as kube_module
 import pytest
 from kiln_api import API_GROUP, PLURAL
+from kiln_operator.caches import CACHED_KINDS
 from kiln_operator.objects.table import CHILDREN, HEAD_SERVICE, Child
 
 from tests.support.chart import ROOT, find, render_objects
@@ -193,9 +195,14 @@ def owner_reference_calls(trees: dict[Path, ast.Module]) -> set[Call]:
     return set()
 
 
+def informer_calls() -> set[Call]:
+    """The operator's own informers (caches.py) list and watch every child kind it reads back."""
+    return {(*_group_plural(kind), verb) for kind in CACHED_KINDS for verb in ("list", "watch")}
+
+
 def operator_calls(peering: str | None = None) -> set[Call]:
     trees = _trees()
-    calls = client_calls(trees, CHILDREN) | kopf_calls(trees) | owner_reference_calls(trees)
+    calls = client_calls(trees, CHILDREN) | kopf_calls(trees) | owner_reference_calls(trees) | informer_calls()
     if peering:
         # kopf's peering: it watches the peering object and patches its own entry in it.
         calls |= {("kopf.dev", peering, verb) for verb in ("list", "watch", "patch")}

@@ -1,0 +1,96 @@
+"""What the operator reads without asking the API server: the jobs' children and the jobs.
+
+Children (the rows of objects/table.py that are read back) come from one `Informer` per kind
+and watched namespace. TrainingJobs come from the watch kopf already runs (its event handler
+feeds `jobs`), so a second watch of every job is not needed; a job kopf has not shown yet is
+read from the API server. `CachingKube` offers every object the operator writes to the cache,
+so the reconcile after a create sees what it created.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kiln_api import KIND
+
+from .informer import Informer, ObjectStore, object_key
+from .kube import KubeClient
+from .objects.labels import JOB_NAME_LABEL, MANAGED_BY_LABEL, MANAGER
+from .objects.table import CHILDREN
+
+CACHED_KINDS = tuple(sorted({row.kind for row in CHILDREN if row.read_back}))
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGER}"
+
+
+class OperatorCaches:
+    """Informers for every read-back child kind in every watched namespace, and the jobs kopf sees."""
+
+    def __init__(self, kube: KubeClient, namespaces: tuple[str, ...]) -> None:
+        scopes: list[str | None] = list(namespaces) or [None]  # None: cluster-wide
+        self.informers: dict[tuple[str, str | None], Informer] = {
+            (kind, scope): Informer(kube, kind, scope, MANAGED_SELECTOR, JOB_NAME_LABEL)
+            for kind in CACHED_KINDS for scope in scopes
+        }
+        self.jobs = ObjectStore()
+
+    def start(self) -> OperatorCaches:
+        for informer in self.informers.values():
+            informer.start()
+        return self
+
+    def stop(self) -> None:
+        for informer in self.informers.values():
+            informer.stop()
+
+    def _informer(self, kind: str, namespace: str) -> Informer | None:
+        return self.informers.get((kind, namespace)) or self.informers.get((kind, None))
+
+    def children(self, namespace: str, job_name: str) -> list[tuple[str, dict[str, Any]]] | None:
+        """(kind, object) of every cached child labelled with the job's name; None until every
+        informer has synced (then absence means "does not exist")."""
+        found: list[tuple[str, dict[str, Any]]] = []
+        for kind in CACHED_KINDS:
+            informer = self._informer(kind, namespace)
+            if informer is None or not informer.synced:
+                return None
+            found.extend((kind, obj) for obj in informer.group(namespace, job_name))
+        return found
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A copy of the job as last seen (reconciles may change what they are given), or None."""
+        cached = self.jobs.get(namespace, name)
+        return copy.deepcopy(cached) if cached is not None else None
+
+    def offer(self, obj: dict[str, Any]) -> None:
+        """An object the operator has just written, as the API server answered."""
+        kind = str(obj.get("kind") or "")
+        if kind == KIND:
+            self.jobs.offer(obj)
+        elif (informer := self._informer(kind, object_key(obj)[0])) is not None:
+            informer.offer(obj)
+
+    def written_by_operator(self, kind: str, namespace: str, name: str, resource_version: str | None) -> bool:
+        """True for the version of a child the operator's own write produced: its watch event
+        tells the reconcile that wrote it nothing new."""
+        informer = self._informer(kind, namespace)
+        return informer is not None and informer.written_by_operator(namespace, name, resource_version)
+
+
+class CachingKube(KubeClient):
+    """A KubeClient whose creates and patches also update the operator's caches."""
+
+    caches: OperatorCaches | None = None
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        created = super().create(obj)
+        if self.caches is not None:
+            self.caches.offer(created)
+        return created
+
+    def patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any],
+              subresource: str | None = None) -> dict[str, Any]:
+        patched = super().patch(kind, namespace, name, patch, subresource)
+        if self.caches is not None:
+            self.caches.offer(patched)
+        return patched

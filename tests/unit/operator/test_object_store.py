@@ -1,0 +1,106 @@
+"""The operator's watch-fed cache: newer wins, deletions stay deleted, jobs' children are one lookup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kiln_operator.caches import CACHED_KINDS, OperatorCaches
+from kiln_operator.informer import ObjectStore
+from kiln_operator.observe import children_from_cache
+
+JOB_LABEL = "kiln.dev/job-name"
+
+
+def obj(name: str, version: str | None, job: str = "j", kind: str = "Pod", **meta: Any) -> dict[str, Any]:
+    metadata = {"name": name, "namespace": "ns", "labels": {JOB_LABEL: job}, **meta}
+    if version is not None:
+        metadata["resourceVersion"] = version
+    return {"kind": kind, "metadata": metadata}
+
+
+def versions(store: ObjectStore) -> dict[str, str | None]:
+    return {o["metadata"]["name"]: o["metadata"].get("resourceVersion") for o in store.group("ns", "j")}
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        ([("ADDED", "5")], {"p": "5"}),
+        ([("ADDED", "5"), ("MODIFIED", "7")], {"p": "7"}),
+        ([("offer", "9"), ("MODIFIED", "7")], {"p": "9"}),  # an event older than the operator's write
+        ([("MODIFIED", "7"), ("offer", "6")], {"p": "7"}),  # a write's answer older than the watch
+        ([("ADDED", "5"), ("DELETED", "8"), ("offer", "6")], {}),  # no resurrection by a late answer
+        ([("ADDED", "5"), ("DELETED", "8"), ("ADDED", "10")], {"p": "10"}),  # created again
+        ([("offer", "abc")], {}),  # a version that is not an integer is not offered
+        ([("ADDED", "abc"), ("MODIFIED", "xyz")], {"p": "xyz"}),  # the watch alone still works
+    ],
+)
+def test_the_store_keeps_the_newest_version_it_has_seen(steps: list[tuple[str, str]], expected: dict[str, str]) -> None:
+    store = ObjectStore("kiln.dev/job-name")
+    for step, version in steps:
+        if step == "offer":
+            store.offer(obj("p", version))
+        else:
+            store.apply_event(step, obj("p", version))
+    assert versions(store) == expected
+
+
+def test_a_relabelled_object_moves_between_groups() -> None:
+    store = ObjectStore(JOB_LABEL)
+    store.apply_event("ADDED", obj("p", "1", job="a"))
+    store.apply_event("MODIFIED", obj("p", "2", job="b"))
+    assert store.group("ns", "a") == []
+    assert [o["metadata"]["name"] for o in store.group("ns", "b")] == ["p"]
+
+
+def test_replace_drops_what_the_new_list_does_not_hold() -> None:
+    store = ObjectStore(JOB_LABEL)
+    store.apply_event("ADDED", obj("old", "1"))
+    store.replace([obj("new", "2")])
+    assert versions(store) == {"new": "2"}
+
+
+def test_only_the_version_the_operator_wrote_counts_as_its_own() -> None:
+    store = ObjectStore(JOB_LABEL)
+    store.offer(obj("p", "5"))
+    assert store.written_by_operator("ns", "p", "5")
+    assert not store.written_by_operator("ns", "p", "6")
+    assert not store.written_by_operator("ns", "q", "5")
+    store.apply_event("DELETED", obj("p", "9"))
+    assert not store.written_by_operator("ns", "p", "5")
+
+
+def test_children_are_unknown_until_every_informer_has_listed() -> None:
+    caches = OperatorCaches(kube=None, namespaces=("ns",))  # type: ignore[arg-type]  (never started)
+    assert caches.children("ns", "j") is None
+    for informer in caches.informers.values():
+        informer._synced.set()
+        informer.apply_event("ADDED", obj(f"j-{informer.kind.lower()}", "1", kind=informer.kind))
+    found = caches.children("ns", "j")
+    assert found is not None and sorted(kind for kind, _ in found) == sorted(CACHED_KINDS)
+    assert caches.children("ns", "other") == []  # synced: absence means none exist
+
+
+def test_jobs_are_copies_that_a_reconcile_may_change() -> None:
+    caches = OperatorCaches(kube=None, namespaces=())  # type: ignore[arg-type]
+    caches.offer(obj("j", "3", kind="TrainingJob"))
+    job = caches.job("ns", "j")
+    assert job is not None
+    job["metadata"]["name"] = "changed"
+    assert caches.job("ns", "j")["metadata"]["name"] == "j"  # type: ignore[index]
+    assert caches.job("ns", "missing") is None
+
+
+def test_cached_children_are_picked_as_the_api_reads_pick_them() -> None:
+    cached = [
+        ("Pod", obj("j-head", "1", ownerReferences=[{"uid": "u1"}])),
+        ("Pod", obj("j-worker-0", "1", ownerReferences=[{"uid": "old"}])),  # an earlier job's leftover
+        ("ConfigMap", obj("j-job", "1", kind="ConfigMap")),
+        ("ConfigMap", obj("j-something-else", "1", kind="ConfigMap")),  # labelled, but not the job's row
+        ("Service", obj("j-head", "1", kind="Service")),
+    ]
+    from kiln_operator.objects.labels import JobRef
+
+    found = children_from_cache(cached, JobRef("j"), "u1")
+    assert sorted(found) == [("ConfigMap", "j-job"), ("Pod", "j-head"), ("Service", "j-head")]
