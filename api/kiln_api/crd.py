@@ -15,6 +15,9 @@ schema. `structural_schema` converts one into the other:
   `propertyNames`) become plain maps of their value schema: structural schemas cannot constrain
   keys, so such a map carries the key rule as CEL (`self.all(k, ...)`) next to it;
 - integers get `format: int32` when their bounds fit in 32 bits, else `int64`;
+- int-or-string fields (CPU quantities: `kiln_api.cpu.CpuQuantity`) come from pydantic already as
+  `x-kubernetes-int-or-string: true` with no `type`, a `pattern` (applied to strings only) and a
+  CEL range rule, and pass through as they are;
 - `x-kubernetes-validations` (CEL, from `CrossFieldRule`) are kept where pydantic put them.
 
 Defaults, decided once for the whole schema:

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 from pydantic import Field
 
 from .base import ApiModel, CrossFieldRule
+from .cpu import CpuQuantity
 from .job_checks import BUILTIN_METRICS_CEL, METRICS_MESSAGE, builtin_metrics
 from .k8s_syntax import (
     DNS_SUBDOMAIN_MAX_LENGTH,
@@ -132,7 +133,11 @@ class WorkersSpec(ApiModel):
 
     replicas: int = Field(2, ge=1, le=1024, description="Number of worker pods (Ray worker nodes). Each runs one training worker, or one per GPU when gpusPerWorker > 0. `kiln run --workers` overrides it locally.")
     gpus_per_worker: int = Field(0, ge=0, le=16, description="GPUs per worker pod (`nvidia.com/gpu` limit). 0 trains on CPU with gloo; N > 0 runs N training workers of one GPU each in the pod (world size replicas x N), with NCCL.")
-    cpus_per_worker: float = Field(1.0, gt=0, le=512, description="CPU cores requested per worker pod, shared by its training workers.")
+    cpus_per_worker: CpuQuantity = Field(
+        1,
+        description='CPU requested per worker pod, shared by its training workers: a Kubernetes quantity such as 2, "2", "1.5" or '
+        '"500m" (up to 512 cores), kept as written. A fraction must be a string ("1.5" or "1500m"): YAML 1.5 is not an int-or-string.',
+    )
     memory_per_worker: str = Field("2Gi", max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN, description="Memory requested (and limited) per worker pod, as a Kubernetes quantity such as `4Gi`.")
     node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
@@ -147,7 +152,11 @@ class WorkersSpec(ApiModel):
 class HeadSpec(ApiModel):
     """The Ray head pod, which runs the training driver (no training workers)."""
 
-    cpus: float = Field(1.0, gt=0, le=512, description="CPU cores requested for the head pod.")
+    cpus: CpuQuantity = Field(
+        1,
+        description='CPU requested for the head pod: a Kubernetes quantity such as 1, "2", "1.5" or "500m" (up to 512 cores), '
+        'kept as written. A fraction must be a string ("0.5" or "500m"): YAML 0.5 is not an int-or-string.',
+    )
     memory: str = Field("2Gi", max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN, description="Memory requested (and limited) for the head pod.")
 
 

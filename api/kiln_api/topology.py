@@ -1,7 +1,7 @@
 """How a job's worker pods map to Ray Train workers: one training worker per GPU.
 
 A worker pod with `gpusPerWorker: N > 0` runs N Ray Train workers of one GPU each (they share
-the pod's `cpusPerWorker` CPUs evenly), so DDP uses every GPU of the pod with NCCL between
+the pod's `cpusPerWorker` CPUs evenly, as a float: `"500m"` is 0.5), so DDP uses every GPU of the pod with NCCL between
 them; a CPU pod (`gpusPerWorker: 0`) runs one training worker. The world size is
 `replicas x max(gpusPerWorker, 1)`.
 
@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .cpu import cpu_cores
 from .status import WorkersStatus
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def training_topology(workers: WorkersSpec, gpu_resource: str = GPU) -> Training
     (each with `cpusPerWorker / gpusPerWorker` CPUs), or one CPU worker per pod."""
     gpus = workers.gpus_per_worker
     per_pod = max(gpus, 1)
-    resources = {CPU: cpu_share(workers.cpus_per_worker, per_pod)}
+    resources = {CPU: cpu_share(cpu_cores(workers.cpus_per_worker), per_pod)}
     if gpus > 0:
         resources[gpu_resource] = 1.0
     return TrainingTopology(

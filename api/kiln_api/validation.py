@@ -6,7 +6,8 @@ The steps follow the API server's order for a custom resource:
 2. unknown fields are pruned (and reported, as `kubectl --validate=strict` does);
    non-nullable `null`s are dropped;
 3. schema defaults are applied (recursively, also inside freshly defaulted objects);
-4. the OpenAPI 3.0 schema is checked (`OAS30Validator`: `nullable`, int32/int64 formats);
+4. the OpenAPI 3.0 schema is checked (`OAS30Validator`: `nullable`, int32/int64 formats;
+   `x-kubernetes-int-or-string` as the type "integer or string", a type error like any other);
 5. every `x-kubernetes-validations` CEL rule runs at its schema location, with `self`
    converted as Kubernetes converts it (schema `number` -> double, absent or null -> not
    `has()`); like the API server, no rule runs once a value has the wrong type.
@@ -47,6 +48,7 @@ from .k8s_syntax import (
 )
 
 Schema = dict[str, Any]
+INT_OR_STRING = "x-kubernetes-int-or-string"
 RULES_NOT_CHECKED = "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
 
 
@@ -160,7 +162,7 @@ def prune(value: Any, schema: Schema, path: str = "", root: bool = False) -> lis
             if value[key] is None and not sub.get("nullable"):
                 del value[key]
                 continue
-            if sub.get("type") == "integer" and isinstance(value[key], float) and value[key].is_integer():
+            if _integer_typed(sub) and isinstance(value[key], float) and value[key].is_integer():
                 value[key] = int(value[key])  # `10.0` reaches the API server as JSON `10`
             if not (root and key == "metadata"):  # ObjectMeta is the API server's, never pruned
                 errors.extend(prune(value[key], sub, where))
@@ -168,6 +170,10 @@ def prune(value: Any, schema: Schema, path: str = "", root: bool = False) -> lis
         for index, item in enumerate(value):
             errors.extend(prune(item, schema["items"], child_path(path, index)))
     return errors
+
+
+def _integer_typed(schema: Schema) -> bool:
+    return schema.get("type") == "integer" or bool(schema.get(INT_OR_STRING))
 
 
 def apply_defaults(value: Any, schema: Schema) -> None:
@@ -210,6 +216,8 @@ def _schema_reason(error: SchemaError) -> str:
         return f"Unsupported value: {shown}: supported values: " + ", ".join(show_value(v) for v in rule["enum"])
     if kind == "type":
         return f"Invalid value: {shown}: must be of type {rule['type']}"
+    if kind == INT_OR_STRING:
+        return f"Invalid value: {shown}: must be of type integer,string"
     if kind == "pattern":
         return f"Invalid value: {shown}: should match '{rule['pattern']}'"
     if kind == "minLength":
@@ -259,7 +267,19 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Schema) -> Ite
         yield SchemaError(f"{instance!r} does not match {pattern!r}")
 
 
-_Validator = validators.extend(OAS30Validator, {"pattern": _pattern})
+def _int_or_string(validator: Any, enabled: Any, instance: Any, schema: Schema) -> Iterator[SchemaError]:
+    """`x-kubernetes-int-or-string: true`: the API server's type check for such a field is
+    "integer or string" (a JSON number without a fraction counts as an integer)."""
+    if enabled is not True or instance is None:
+        return
+    if isinstance(instance, str) or (isinstance(instance, int) and not isinstance(instance, bool)):
+        return
+    if isinstance(instance, float) and instance.is_integer():
+        return
+    yield SchemaError(f"{instance!r} is not of type 'integer', 'string'")
+
+
+_Validator = validators.extend(OAS30Validator, {"pattern": _pattern, INT_OR_STRING: _int_or_string})
 
 
 def _schema_errors(obj: dict[str, Any], schema: Schema) -> tuple[list[FieldError], bool]:
@@ -274,7 +294,7 @@ def _schema_errors(obj: dict[str, Any], schema: Schema) -> tuple[list[FieldError
     blocking = False
     for error in sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path]):
         parts = list(error.absolute_path)
-        blocking = blocking or error.validator == "type"
+        blocking = blocking or error.validator in ("type", INT_OR_STRING)
         if error.validator == "required":
             missing = [name for name in error.validator_value if isinstance(error.instance, dict) and name not in error.instance]
             found.extend(FieldError(format_path(schema, [*parts, name]), "Required value") for name in missing)
@@ -316,6 +336,10 @@ def compile_rule(rule: str) -> Any:
 
 
 def _type_name(schema: Schema) -> str:
+    # The value the API server quotes for a failed rule is the schema's type; an int-or-string
+    # has none (`Invalid value: "": ...`).
+    if schema.get(INT_OR_STRING):
+        return str(schema.get("type", ""))
     return str(schema.get("type", "object"))
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from kiln_api import TrainingJob
+from kiln_api.cpu import cpu_cores
 from kiln_api.errors import pydantic_errors
 from kiln_api.status import Phase, TrainingJobStatus
 from kiln_api.storage_paths import PVC_MOUNT_ROOT
@@ -110,7 +111,7 @@ def capacity_message(job: TrainingJob, fit: int, nodes: list[dict[str, float]],
     when a pod runs one per GPU), what `fit` of them the nodes hold, and the nodes."""
     w = job.spec.workers
     topology = topology or training_topology(w)
-    size = f"{w.cpus_per_worker:g} CPU" + (f" + {w.gpus_per_worker} GPU" if w.gpus_per_worker else "")
+    size = f"{cpu_cores(w.cpus_per_worker):g} CPU" + (f" + {w.gpus_per_worker} GPU" if w.gpus_per_worker else "")
     asked = f"spec.workers.replicas: {w.replicas} workers of {size} each"
     held = f"{fit}"
     if topology.workers_per_pod > 1:

@@ -27,6 +27,7 @@ import time
 from typing import Any, Optional, TextIO
 
 from kiln_api import TrainingJob
+from kiln_api.cpu import cpu_cores
 from kiln_api.loading import load_jobs
 from kiln_api.ray_memory import local_object_store_bytes
 from kiln_api.status import TrainingJobStatus
@@ -65,7 +66,7 @@ def local_node(job: TrainingJob, cpus: Optional[int] = None, gpus: Optional[int]
     worker pod's worth: a single worker always runs here) and the CUDA devices torch sees."""
     cpus = cpus if cpus is not None else (os.cpu_count() or 1)
     gpus = gpus if gpus is not None else local_gpu_count()
-    return {"CPU": float(max(cpus, math.ceil(job.spec.workers.cpus_per_worker))), GPU: float(gpus)}
+    return {"CPU": float(max(cpus, math.ceil(cpu_cores(job.spec.workers.cpus_per_worker)))), GPU: float(gpus)}
 
 
 def with_replicas(job: TrainingJob, replicas: int) -> TrainingJob:
@@ -82,7 +83,7 @@ def fit_to_machine(job: TrainingJob, node: dict[str, float], explicit: bool) -> 
     if explicit or pods >= topology.pods or pods < 1:
         return job, None
     w = job.spec.workers
-    size = f"{w.cpus_per_worker:g} CPU" + (f" + {w.gpus_per_worker} GPU" if w.gpus_per_worker else "")
+    size = f"{cpu_cores(w.cpus_per_worker):g} CPU" + (f" + {w.gpus_per_worker} GPU" if w.gpus_per_worker else "")
     have = f"{node.get('CPU', 0):g} CPU" + (f" and {node.get(GPU, 0):g} GPU" if node.get(GPU) else "")
     note = (f"the job asks for {w.replicas} workers of {size} each; this machine ({have}) holds {pods}: "
             f"training with {pods} (--workers {w.replicas} insists)")

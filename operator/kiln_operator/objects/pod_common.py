@@ -7,9 +7,9 @@ kubelet, decides whether a lost cluster is rebuilt (and counts it).
 
 from __future__ import annotations
 
-import math
-
 from kiln_api import TrainingJob
+from kiln_api.cpu import cpu_quantity_text as cpu_quantity
+from kiln_api.cpu import ray_cpus as ray_cpus
 from kiln_api.ray_memory import shm_size
 from kiln_api.storage_paths import PVC_MOUNT_ROOT, pvc_mount_path
 
@@ -23,18 +23,6 @@ from .storage import claims
 RUN_AS_USER = 1000
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 SHM_MOUNT = "/dev/shm"
-
-
-def cpu_quantity(cores: float) -> str:
-    """1.0 -> "1", 0.5 -> "500m" (canonical Kubernetes quantities)."""
-    if float(cores).is_integer():
-        return str(int(cores))
-    return f"{round(cores * 1000)}m"
-
-
-def ray_cpus(cores: float) -> int:
-    """`ray start --num-cpus` takes an integer; round fractional requests up so the worker fits."""
-    return max(1, math.ceil(cores))
 
 
 def pod_security_context() -> dict:
@@ -57,7 +45,9 @@ def container_security_context() -> dict:
     }
 
 
-def resources(cpus: float, memory: str, gpus: int = 0) -> dict:
+def resources(cpus: int | float | str, memory: str, gpus: int = 0) -> dict:
+    """Requests and limits; `cpus` is the spec's CPU quantity as given, the pod gets its canonical form
+    ("1.5" -> "1500m", 6 -> "6"), as the API server would store it."""
     limits: dict[str, str] = {"memory": memory}
     if gpus > 0:
         limits["nvidia.com/gpu"] = str(gpus)

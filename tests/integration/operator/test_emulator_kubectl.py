@@ -20,7 +20,7 @@ from tests.support.k8s_semantics import strategic_merge_patch
 from tests.support.k8s_store import BUILTIN_KINDS
 from tests.support.k8s_tables import age, crd_cell, format_go_float, human_duration, jsonpath_values, table
 from tests.support.k8s_validation import MemoValidator
-from tests.support.kubectl import table_rows
+from tests.support.kubectl import Kubectl, require_kubectl, table_rows
 
 NS = "default"
 CORPUS = Path(__file__).resolve().parents[2] / "unit" / "api" / "corpus"
@@ -125,6 +125,34 @@ def test_server_side_apply_creates_then_merges(kube: KubeClient) -> None:
         kube.request("PATCH", f"{TJ}/other", changed, params={"fieldManager": "kubectl"},
                      content_type="application/apply-patch+yaml")
     assert err.value.status == 400
+
+
+@pytest.fixture()
+def kubectl(k8s_api: EmulatedApiServer, tmp_path: Path) -> Kubectl:
+    home = tmp_path / "kubectl-home"
+    home.mkdir()
+    return Kubectl(require_kubectl(), k8s_api.kubeconfig_path, home, [])
+
+
+def cpu_job(name: str, cpus: str) -> str:
+    """A manifest as a user writes it, `cpus` being the YAML text of spec.workers.cpusPerWorker."""
+    return (f"apiVersion: kiln.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}, namespace: {NS}}}\n"
+            f"spec:\n  data: {{source: 'builtin:digits'}}\n  workers: {{cpusPerWorker: {cpus}}}\n  head: {{cpus: {cpus}}}\n")
+
+
+@pytest.mark.parametrize(("name", "cpus", "shown"), [("milli", "500m", "500m"), ("quoted", '"1.5"', "1.5"), ("whole", "6", "6")])
+def test_kubectl_shows_a_cpu_quantity_back_as_written(kubectl: Kubectl, name: str, cpus: str, shown: str) -> None:
+    assert kubectl.ok("apply", "-f", "-", stdin=cpu_job(name, cpus)).strip() == f"trainingjob.kiln.dev/{name} created"
+    for path in ("{.spec.workers.cpusPerWorker}", "{.spec.head.cpus}"):
+        assert kubectl.ok("get", "tj", name, "-o", f"jsonpath={path}") == shown
+
+
+def test_kubectl_apply_of_a_fractional_cpu_number_is_refused_with_the_type_message(kubectl: Kubectl) -> None:
+    refused = kubectl.run("apply", "-f", "-", stdin=cpu_job("fraction", "1.5"))
+    assert refused.returncode != 0
+    assert 'The TrainingJob "fraction" is invalid' in refused.stderr, refused.stderr
+    assert "spec.workers.cpusPerWorker: Invalid value: 1.5: must be of type integer,string" in refused.stderr, refused.stderr
+    assert kubectl.run("get", "tj", "fraction").returncode != 0
 
 
 def test_foreground_deletion_removes_dependents_first(kube: KubeClient) -> None:

@@ -45,6 +45,11 @@ def test_capacity_message_names_the_field_and_the_numbers():
     assert "can hold 1" in message and "4 CPU/1 GPU" in message
 
 
+def test_capacity_message_gives_a_cpu_quantity_in_cores():
+    message = capacity_message(job("big", {"workers": {"replicas": 4, "cpusPerWorker": "1500m"}}), 2, [{"CPU": 4.0}])
+    assert message.startswith("spec.workers.replicas: 4 workers of 1.5 CPU each do not fit")
+
+
 def test_capacity_message_counts_training_workers_when_a_pod_runs_one_per_gpu():
     message = capacity_message(job("big", {"workers": {"replicas": 2, "cpusPerWorker": 8, "gpusPerWorker": 4}}), 3,
                                [{"CPU": 16.0, "GPU": 3.0}])

@@ -42,6 +42,7 @@ KILN = str(Path(sys.executable).with_name("kiln"))
         (4, 1, 1, {"CPU": 16.0, "GPU": 2.0}, False, 2, "this machine (16 CPU and 2 GPU) holds 2"),
         (2, 8, 2, {"CPU": 16.0, "GPU": 2.0}, False, 1, "2 workers of 8 CPU + 2 GPU each"),  # a pod's 2 GPUs = 2 workers
         (2, 1, 1, {"CPU": 16.0, "GPU": 0.0}, False, 2, None),  # no GPU at all: the capacity check says why
+        (2, "1500m", 0, {"CPU": 2.0, "GPU": 0.0}, False, 1, "2 workers of 1.5 CPU each"),  # a quantity, in cores
     ],
 )
 def test_kiln_run_fits_the_worker_pods_to_this_machine(replicas, cpus, gpus, node, explicit, expected, note):

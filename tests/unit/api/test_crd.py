@@ -60,8 +60,11 @@ def test_schema_has_no_non_structural_keyword(keyword: str):
 
 def test_every_schema_node_has_a_type_and_no_additional_properties_false():
     for path, node in _walk(_schema()):
-        # Kubernetes' one exception: a node that keeps any JSON value (a search's choice values).
-        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields") is True, path
+        # Kubernetes' two exceptions: a node that keeps any JSON value (a search's choice values),
+        # and an int-or-string (CPU quantities), whose type is "integer or string".
+        int_or_string = node.get("x-kubernetes-int-or-string") is True
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields") is True or int_or_string, path
+        assert not (int_or_string and "type" in node), path
         assert node.get("additionalProperties") is not False, path
 
 

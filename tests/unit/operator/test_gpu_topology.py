@@ -18,7 +18,7 @@ from tests.support.in_memory_cluster import Cluster, job_manifest
 SETTINGS = OperatorSettings(default_checkpoint_storage="pvc://shared-ckpt/runs")
 
 
-def gpu_job(replicas: int, cpus: float, gpus: int) -> TrainingJob:
+def gpu_job(replicas: int, cpus: int | str, gpus: int) -> TrainingJob:
     return TrainingJob.model_validate(job_manifest(workers={"replicas": replicas, "cpusPerWorker": cpus, "gpusPerWorker": gpus}))
 
 
@@ -31,7 +31,7 @@ def ray_start_resources(pod: dict) -> dict[str, float]:
 
 @pytest.mark.parametrize(
     ("cpus", "gpus"),
-    [(1, 0), (0.5, 0), (8, 1), (8, 2), (1, 3), (0.5, 4), (12, 8), (3, 16), (0.25, 16)],
+    [(1, 0), ("500m", 0), (8, 1), (8, 2), (1, 3), ("0.5", 4), (12, 8), (3, 16), ("250m", 16), ("1.5", 2)],
 )
 def test_each_worker_pod_advertises_room_for_exactly_its_training_workers(cpus, gpus):
     job = gpu_job(2, cpus, gpus)

@@ -62,7 +62,7 @@ VARIANTS = {
     "s3": make_job(checkpoint={"storage": "s3://bucket/ckpt"}, data={"source": "s3://bucket/data.parquet"}),
     "kueue": make_job(labels={KUEUE_QUEUE: "team-a-queue"}, workers={"replicas": 4}),
     "fractional-entrypoint": make_job(
-        workers={"replicas": 1, "cpusPerWorker": 0.5}, head={"cpus": 0.25, "memory": "512Mi"}, entrypoint="my_pkg.train:main"
+        workers={"replicas": 1, "cpusPerWorker": "500m"}, head={"cpus": "0.25", "memory": "512Mi"}, entrypoint="my_pkg.train:main"
     ),
 }
 
@@ -293,9 +293,51 @@ def test_cluster_problems(spec: dict, settings: OperatorSettings, reason: str | 
         assert problem[1].startswith("spec.")
 
 
-@pytest.mark.parametrize(("cores", "quantity"), [(1.0, "1"), (0.5, "500m"), (2.25, "2250m"), (16, "16")])
-def test_cpu_quantity(cores: float, quantity: str):
+@pytest.mark.parametrize(
+    ("cores", "quantity"),
+    [(1.0, "1"), (0.5, "500m"), (2.25, "2250m"), (16, "16"), ("6", "6"), ("1.5", "1500m"), ("500m", "500m"), ("2000m", "2")],
+)
+def test_cpu_quantity(cores: float | str, quantity: str):
     assert cpu_quantity(cores) == quantity
+
+
+# cpusPerWorker / head.cpus as written -> the pod's cpu request (canonical quantity) and `ray start --num-cpus`.
+CPU_FORMS = [
+    (6, "6", 6),
+    ("6", "6", 6),
+    ("500m", "500m", 1),
+    ("1.5", "1500m", 2),
+    ("1500m", "1500m", 2),
+    ("0.25", "250m", 1),
+    ("2000m", "2", 2),
+    ("512", "512", 512),
+    (2.0, "2", 2),  # what YAML 2.0 is after kubectl: the integer 2
+]
+
+
+@pytest.mark.parametrize(("given", "request_cpu", "num_cpus"), CPU_FORMS, ids=[repr(f[0]) for f in CPU_FORMS])
+def test_worker_pod_cpu_request_and_ray_cpus_follow_the_quantity_as_written(given, request_cpu: str, num_cpus: int):
+    job = make_job(workers={"replicas": 1, "cpusPerWorker": given})
+    container = build_worker_pod(job, SETTINGS, 0)["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"] == request_cpu
+    assert f"--num-cpus={num_cpus} " in container["command"][2]
+    # The stored spec keeps the value as given (an integral float is the integer, as in JSON).
+    assert job.to_api()["spec"]["workers"]["cpusPerWorker"] == (int(given) if isinstance(given, float) else given)
+
+
+@pytest.mark.parametrize(("given", "request_cpu", "_num_cpus"), CPU_FORMS, ids=[repr(f[0]) for f in CPU_FORMS])
+def test_head_pod_cpu_request_follows_the_quantity_as_written(given, request_cpu: str, _num_cpus: int):
+    job = make_job(head={"cpus": given})
+    container = build_head_pod(job, SETTINGS)["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"] == request_cpu
+    assert "--num-cpus=0 " in container["command"][2]  # the head never hosts training workers
+
+
+@pytest.mark.parametrize("version", ["1.30", NEWEST])
+def test_pods_with_quantity_strings_are_valid_kubernetes_objects(version: str):
+    job = make_job(workers={"replicas": 1, "cpusPerWorker": "1.5"}, head={"cpus": "500m"})
+    for pod in pods_of(build_all(job, SETTINGS, "t")):
+        kubernetes_validate.validate(pod, version, strict=True)
 
 
 def test_worker_probe_reports_whether_the_head_accepts_connections():
