@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .kube import ApiError, KubeClient, resource_path
@@ -57,8 +57,9 @@ class ObjectStore:
     resourceVersion wins, so an offer that overtook its watch event is not undone by it.
     """
 
-    def __init__(self, group_label: str | None = None) -> None:
+    def __init__(self, group_label: str | None = None, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.group_label = group_label
+        self.transform = transform  # what of each object is kept (client-go's SetTransform)
         self._objects: dict[Key, dict[str, Any]] = {}
         self._groups: dict[Key, set[str]] = {}  # (namespace, group label value) -> names
         self._tombstones: OrderedDict[Key, int] = OrderedDict()
@@ -122,6 +123,8 @@ class ObjectStore:
         old = self._objects.get(key)
         if old is not None:
             self._ungroup(key, old)
+        if self.transform is not None:
+            obj = self.transform(obj)
         self._objects[key] = obj
         group = self._group_of(obj)
         if group is not None:
@@ -150,8 +153,9 @@ class ObjectStore:
 class Informer(ObjectStore):
     """One kind, one namespace (or all), one label selector: a list, then a watch, kept in memory."""
 
-    def __init__(self, kube: KubeClient, kind: str, namespace: str | None, label_selector: str, group_label: str) -> None:
-        super().__init__(group_label)
+    def __init__(self, kube: KubeClient, kind: str, namespace: str | None, label_selector: str, group_label: str,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        super().__init__(group_label, transform)
         self.kube, self.kind, self.namespace, self.label_selector = kube, kind, namespace, label_selector
         self._synced = threading.Event()
         self._stop = threading.Event()

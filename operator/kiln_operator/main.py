@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import dataclasses
 import logging
 import os
@@ -194,7 +195,28 @@ async def _run_kopf(runtime: Runtime, config: kopf.OperatorSettings, kubeconfig:
     )
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas before the operator starts its threads; False where not glibc.
+
+    glibc gives threads that allocate at once arenas of their own, up to 8 per core, and memory
+    freed in one is not reused by another: with kopf's and the reconciles' ~50 threads the
+    operator held 273 MiB at 1,000 jobs, and 197 MiB with two arenas (bench/operator_load.py),
+    at no measurable cost in CPU. The same as MALLOC_ARENA_MAX=2, without relying on the
+    Deployment's environment.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_operator(argv: Sequence[str]) -> int:
+    limit_malloc_arenas()
     args = build_parser().parse_args(list(argv))
     try:
         flags = process_flags(args, dict(os.environ))
@@ -204,6 +226,11 @@ def run_operator(argv: Sequence[str]) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if flags.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not flags.verbose:
+        # kopf logs every handled change of every job at INFO ("Handler ... succeeded"): at a
+        # thousand jobs that is most of the log and a tenth of the operator's CPU. Kiln logs
+        # what it does itself; --verbose brings kopf's lines back.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         load_configuration(flags.kubeconfig)  # fail early, with a message, on bad credentials
     except SettingsError as exc:

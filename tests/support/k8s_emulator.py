@@ -238,8 +238,7 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
         timeout = float(params.get("timeoutSeconds") or 1800)
         try:
             shape = self._event_shape(request, path, params)
-            for event in backlog:
-                await self._send(response, shape, matches, path.key, event)
+            await self._send(response, [self._line(shape, matches, path.key, event) for event in backlog])
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             raw = request._raw_request
@@ -248,12 +247,16 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
                 if raw is None or raw.transport is None or raw.transport.is_closing():
                     break
                 try:
-                    item = await asyncio.wait_for(queue.get(), timeout=min(left, 1.0))
+                    items = [await asyncio.wait_for(queue.get(), timeout=min(left, 1.0))]
                 except asyncio.TimeoutError:
                     continue
-                if item is None:  # the server is shutting down
+                # Whatever else is queued goes out in the same write: under a burst of changes one
+                # chunk (and one system call) carries many events instead of one each.
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                await self._send(response, [self._line(shape, matches, *item) for item in items if item is not None])
+                if None in items:  # the server is shutting down
                     break
-                await self._send(response, shape, matches, *item)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -269,18 +272,23 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
             path, [event["object"]], event["object"]["metadata"]["resourceVersion"], params)}
 
     @staticmethod
-    async def _send(response: aiohttp.web.StreamResponse, shape: Callable[[dict[str, Any]], Any], matches: Any,
-                    key: str, event: dict[str, Any]) -> None:
+    def _line(shape: Callable[[dict[str, Any]], Any], matches: Any, key: str, event: dict[str, Any]) -> bytes | None:
+        """The event as the watcher's JSON line, or None when the watcher's selectors exclude it."""
         obj = event["object"]
         if event["type"] != "ERROR":
             meta = obj.get("metadata", {})
             if not matches((key, meta.get("namespace"), meta.get("name")), obj):
-                return
+                return None
             shaped = shape(event)
             if shaped is not event:
-                await response.write(json.dumps(shaped).encode() + b"\n")
-                return
-        await response.write(event.line() if hasattr(event, "line") else json.dumps(event).encode() + b"\n")
+                return json.dumps(shaped).encode() + b"\n"
+        return event.line() if hasattr(event, "line") else json.dumps(event).encode() + b"\n"
+
+    @staticmethod
+    async def _send(response: aiohttp.web.StreamResponse, lines: list[bytes | None]) -> None:
+        chunk = b"".join(line for line in lines if line is not None)
+        if chunk:
+            await response.write(chunk)
 
 
 class EmulatedApiServer:

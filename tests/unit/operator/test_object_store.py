@@ -104,3 +104,21 @@ def test_cached_children_are_picked_as_the_api_reads_pick_them() -> None:
 
     found = children_from_cache(cached, JobRef("j"), "u1")
     assert sorted(found) == [("ConfigMap", "j-job"), ("Pod", "j-head"), ("Service", "j-head")]
+
+
+def test_the_cache_keeps_what_reconciles_read_and_drops_the_rest() -> None:
+    from kiln_operator.caches import kept_of
+    from kiln_operator.pod_state import env_value
+
+    pod = {"kind": "Pod", "apiVersion": "v1",
+           "metadata": {"name": "j-head", "labels": {JOB_LABEL: "j"}, "managedFields": [{"manager": "x"}]},
+           "spec": {"containers": [{"name": "ray", "image": "i", "env": [{"name": "KILN_JOB", "value": "{}"}]}],
+                    "volumes": [{"name": "v"}]},
+           "status": {"phase": "Running", "podIP": "10.0.0.1"}}
+    kept = kept_of(pod)
+    assert env_value(kept, "KILN_JOB") == "{}"
+    assert kept["status"] == pod["status"] and kept["metadata"]["labels"] == {JOB_LABEL: "j"}
+    assert "managedFields" not in kept["metadata"] and "volumes" not in kept["spec"]
+    config_map = {"kind": "ConfigMap", "metadata": {"name": "j-job", "annotations": {"kiln.dev/spec-hash": "h"}},
+                  "data": {"job.yaml": "x" * 10_000}}
+    assert kept_of(config_map) == {"kind": "ConfigMap", "apiVersion": None, "metadata": config_map["metadata"]}
