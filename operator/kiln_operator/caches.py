@@ -1,10 +1,12 @@
 """What the operator reads without asking the API server: the jobs' children and the jobs.
 
-Children (the rows of objects/table.py that are read back) come from one `Informer` per kind
-and watched namespace. TrainingJobs come from the watch kopf already runs (its event handler
-feeds `jobs`), so a second watch of every job is not needed; a job kopf has not shown yet is
-read from the API server. `CachingKube` offers every object the operator writes to the cache,
-so the reconcile after a create sees what it created.
+Children (the rows of objects/table.py that are read back) and TrainingJobs come from one
+`Informer` per kind and watched namespace. kopf watches the jobs too, but its events cannot
+stand in for a list: after a watch gap kopf lists again without reporting what was deleted
+meanwhile, and a job cached from its events would live on as a ghost whose children the
+operator kept recreating. A job the informer has not shown yet is read from the API server.
+`CachingKube` offers every object the operator writes to the cache, so the reconcile after a
+create sees what it created.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kiln_api import KIND
+from kiln_api import API_GROUP, KIND
 
-from .informer import Informer, ObjectStore, object_key
+from .informer import Informer, object_key
 from .kube import KubeClient
 from .objects.labels import JOB_NAME_LABEL, MANAGED_BY_LABEL, MANAGER
 from .objects.table import CHILDREN
 
 CACHED_KINDS = tuple(sorted({row.kind for row in CHILDREN if row.read_back}))
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGER}"
+KOPF_DIFFBASE = f"{API_GROUP}/last-handled-configuration"  # kopf's copy of the spec: never read
 
 
 def kept_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -37,8 +40,17 @@ def kept_of(obj: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def job_kept_of(job: dict[str, Any]) -> dict[str, Any]:
+    """A TrainingJob without what only kopf and field management read."""
+    metadata = {k: v for k, v in (job.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = metadata.get("annotations")
+    if annotations and KOPF_DIFFBASE in annotations:
+        metadata["annotations"] = {k: v for k, v in annotations.items() if k != KOPF_DIFFBASE}
+    return {**job, "metadata": metadata}
+
+
 class OperatorCaches:
-    """Informers for every read-back child kind in every watched namespace, and the jobs kopf sees."""
+    """Informers for every read-back child kind and for TrainingJobs, in every watched namespace."""
 
     def __init__(self, kube: KubeClient, namespaces: tuple[str, ...]) -> None:
         scopes: list[str | None] = list(namespaces) or [None]  # None: cluster-wide
@@ -46,7 +58,8 @@ class OperatorCaches:
             (kind, scope): Informer(kube, kind, scope, MANAGED_SELECTOR, JOB_NAME_LABEL, transform=kept_of)
             for kind in CACHED_KINDS for scope in scopes
         }
-        self.jobs = ObjectStore()
+        for scope in scopes:
+            self.informers[(KIND, scope)] = Informer(kube, KIND, scope, "", None, transform=job_kept_of)
 
     def start(self) -> OperatorCaches:
         for informer in self.informers.values():
@@ -72,16 +85,16 @@ class OperatorCaches:
         return found
 
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A copy of the job as last seen (reconciles may change what they are given), or None."""
-        cached = self.jobs.get(namespace, name)
+        """A copy of the job as last seen (reconciles may change what they are given); None when
+        not cached (not listed yet, or newer than the watch): then the API server is asked."""
+        informer = self._informer(KIND, namespace)
+        cached = informer.get(namespace, name) if informer is not None and informer.synced else None
         return copy.deepcopy(cached) if cached is not None else None
 
     def offer(self, obj: dict[str, Any]) -> None:
         """An object the operator has just written, as the API server answered."""
-        kind = str(obj.get("kind") or "")
-        if kind == KIND:
-            self.jobs.offer(obj)
-        elif (informer := self._informer(kind, object_key(obj)[0])) is not None:
+        informer = self._informer(str(obj.get("kind") or ""), object_key(obj)[0])
+        if informer is not None:
             informer.offer(obj)
 
     def written_by_operator(self, kind: str, namespace: str, name: str, resource_version: str | None) -> bool:

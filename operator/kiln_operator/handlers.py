@@ -155,7 +155,7 @@ def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decisi
 
 
 def _current_job(runtime: Runtime, namespace: str, name: str) -> dict[str, Any] | None:
-    """The job as the watch last showed it (with the operator's own writes), else as the API
+    """The job as the operator's informer last showed it (with its own writes), else as the API
     server has it; None when it no longer exists. Not kopf's handler body, which may be older."""
     if runtime.caches is not None and (job := runtime.caches.job(namespace, name)) is not None:
         return job
@@ -209,11 +209,6 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.timer(*RESOURCE, interval=interval, initial_delay=interval, registry=registry)
     def on_timer(namespace: str, name: str, **_: Any) -> None:
         _run(runtime, namespace, name, requeue=False)
-
-    @kopf.on.event(*RESOURCE, registry=registry)
-    def on_job_event(event: dict[str, Any], type: str | None = None, **_: Any) -> None:  # noqa: A002  (kopf's name)
-        if runtime.caches is not None:  # kopf's initial listing has no type: it adds the job
-            runtime.caches.jobs.apply_event(type or "ADDED", event["object"])
 
     @kopf.on.event("", "v1", "pods", labels=MANAGED_BY, registry=registry)
     def on_pod_event(body: Any, namespace: str, type: str | None = None, **_: Any) -> None:  # noqa: A002  (kopf's name)

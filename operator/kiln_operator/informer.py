@@ -153,7 +153,7 @@ class ObjectStore:
 class Informer(ObjectStore):
     """One kind, one namespace (or all), one label selector: a list, then a watch, kept in memory."""
 
-    def __init__(self, kube: KubeClient, kind: str, namespace: str | None, label_selector: str, group_label: str,
+    def __init__(self, kube: KubeClient, kind: str, namespace: str | None, label_selector: str, group_label: str | None,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         super().__init__(group_label, transform)
         self.kube, self.kind, self.namespace, self.label_selector = kube, kind, namespace, label_selector
@@ -196,7 +196,8 @@ class Informer(ObjectStore):
 
     def _list_and_watch(self) -> None:
         path = resource_path(self.kind, self.namespace)
-        answer = self.kube.request("GET", path, params={"labelSelector": self.label_selector})
+        selector = {"labelSelector": self.label_selector} if self.label_selector else {}
+        answer = self.kube.request("GET", path, params=selector or None)
         # A list's items carry no kind; watch events and the cache's readers expect one.
         self.replace([{**item, "kind": self.kind} for item in answer.get("items") or []])
         since = str((answer.get("metadata") or {}).get("resourceVersion") or "")
@@ -206,8 +207,8 @@ class Informer(ObjectStore):
 
     def _follow(self, path: str, since: str) -> str:
         """One watch from `since` until the server ends it; the resourceVersion to resume from."""
-        params = {"watch": "true", "labelSelector": self.label_selector, "resourceVersion": since,
-                  "allowWatchBookmarks": "true", "timeoutSeconds": str(WATCH_SECONDS)}
+        params = {"watch": "true", "resourceVersion": since, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(WATCH_SECONDS), **({"labelSelector": self.label_selector} if self.label_selector else {})}
         for event in self._events(path, params):
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":  # 410 Gone: the version is too old to resume from

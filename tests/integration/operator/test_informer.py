@@ -12,11 +12,11 @@ from tests.support.k8s_emulator import EmulatedApiServer
 from tests.support.waiting import wait_for
 
 NS = "default"
-SELECTOR = "app.kubernetes.io/managed-by=kiln"
+SELECTOR = "app.kubernetes.io/managed-by=kiln-operator"
 
 
 def config_map(name: str, job: str, value: str = "1", managed: bool = True) -> dict[str, Any]:
-    labels = {"kiln.dev/job-name": job, **({"app.kubernetes.io/managed-by": "kiln"} if managed else {})}
+    labels = {"kiln.dev/job-name": job, **({"app.kubernetes.io/managed-by": "kiln-operator"} if managed else {})}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": NS, "labels": labels},
             "data": {"v": value}}
 

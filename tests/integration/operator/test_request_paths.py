@@ -104,9 +104,9 @@ def test_a_running_job_is_reconciled_from_the_watch_caches_without_reads(
         samples = operator.metrics.reconcile_duration.collect()[0].samples
         return next(s.value for s in samples if s.name.endswith("_count"))
 
-    # The informers list each child kind once at start-up, then only watch.
+    # The informers list each child kind and the jobs once at start-up, then only watch.
     wait_for(lambda: {r.resource for r in operator_requests(0) if r.verb == "watch"}
-             >= {"pods", "configmaps", "services", "networkpolicies"}, 30, "the operator's informers to watch")
+             >= {"pods", "configmaps", "services", "networkpolicies", "trainingjobs"}, 30, "the operator's informers to watch")
     before = len(k8s_api.requests)
     start_running_job(kube, kubelet, trainer, "cached")
     at_running = reconciles()

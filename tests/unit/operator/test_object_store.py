@@ -76,7 +76,8 @@ def test_children_are_unknown_until_every_informer_has_listed() -> None:
     assert caches.children("ns", "j") is None
     for informer in caches.informers.values():
         informer._synced.set()
-        informer.apply_event("ADDED", obj(f"j-{informer.kind.lower()}", "1", kind=informer.kind))
+        if informer.kind in CACHED_KINDS:
+            informer.apply_event("ADDED", obj(f"j-{informer.kind.lower()}", "1", kind=informer.kind))
     found = caches.children("ns", "j")
     assert found is not None and sorted(kind for kind, _ in found) == sorted(CACHED_KINDS)
     assert caches.children("ns", "other") == []  # synced: absence means none exist
@@ -85,6 +86,8 @@ def test_children_are_unknown_until_every_informer_has_listed() -> None:
 def test_jobs_are_copies_that_a_reconcile_may_change() -> None:
     caches = OperatorCaches(kube=None, namespaces=())  # type: ignore[arg-type]
     caches.offer(obj("j", "3", kind="TrainingJob"))
+    assert caches.job("ns", "j") is None  # not listed yet: the API server is asked
+    caches.informers[("TrainingJob", None)]._synced.set()
     job = caches.job("ns", "j")
     assert job is not None
     job["metadata"]["name"] = "changed"
@@ -122,3 +125,13 @@ def test_the_cache_keeps_what_reconciles_read_and_drops_the_rest() -> None:
     config_map = {"kind": "ConfigMap", "metadata": {"name": "j-job", "annotations": {"kiln.dev/spec-hash": "h"}},
                   "data": {"job.yaml": "x" * 10_000}}
     assert kept_of(config_map) == {"kind": "ConfigMap", "apiVersion": None, "metadata": config_map["metadata"]}
+
+
+def test_the_cached_job_drops_kopfs_copy_of_its_spec() -> None:
+    from kiln_operator.caches import KOPF_DIFFBASE, job_kept_of
+
+    job = obj("j", "1", kind="TrainingJob", annotations={KOPF_DIFFBASE: "{}", "keep": "x"}, managedFields=[{}])
+    job["spec"] = {"a": 1}
+    kept = job_kept_of(job)
+    assert kept["metadata"]["annotations"] == {"keep": "x"} and "managedFields" not in kept["metadata"]
+    assert kept["spec"] == {"a": 1} and job["metadata"]["annotations"][KOPF_DIFFBASE] == "{}"  # the original is untouched
