@@ -18,27 +18,25 @@ termination-message path before exiting.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from kiln_api import TrainingJob
 from kiln_api.cpu import cpu_cores
-from kiln_api.errors import pydantic_errors
 from kiln_api.status import Phase, TrainingJobStatus
 from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from kiln_api.topology import GPU, TrainingTopology, training_topology, workers_status, workers_that_fit
 from pydantic import ValidationError
 
-from .channel import ActorInbox, Inbox, InProcessClient, ProgressChannel, progress_actor
+from .channel import ActorInbox, Inbox, ProgressChannel, progress_actor
 from .console import epoch_line
 from .data.errors import SpecError
+from .driver_options import DriverOptions
 from .events import (
     CheckpointSaved,
     EpochEnded,
@@ -54,47 +52,21 @@ from .events import (
     UnknownEvent,
     from_wire,
 )
+from .job_file import default_termination_path, load_job_from_env, validation_message
 from .metrics import KilnMetrics, start_server
 from .status_json import compact_status, driver_status_json
 from .status_reducer import apply_event, fail, initial_status
 from .storage import resolve_location
+from .train_setup import build_trainer, connect_ray, in_process_training, local_gpu_count
 
 log = logging.getLogger("kiln_trainer.driver")
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 POLL_INTERVAL_S = 0.25
 RESOURCE_POLL_S = 2.0
-DEFAULT_TERMINATION_PATH = "/dev/termination-log"
-LOCAL_HEALTH_CHECK_INTERVAL_S = "0.5"
-
-Listener = Callable[[Event, TrainingJobStatus], None]
 
 
 class ClusterTooSmall(Exception):
     """The Ray cluster cannot hold the requested workers."""
-
-
-@dataclass
-class DriverOptions:
-    checkpoint_dir: str
-    ray_address: Optional[str] = None  # None: start a local Ray cluster
-    pvc_root: str = PVC_MOUNT_ROOT
-    model_path: Optional[str] = None
-    port: int = 8000
-    port_fallback: bool = False
-    ray_temp_dir: Optional[str] = None
-    local_num_cpus: Optional[int] = None
-    local_num_gpus: Optional[int] = None  # None: the CUDA devices torch sees
-    local_object_store_bytes: Optional[int] = None  # None: Ray's default (30 % of the machine)
-    # Train in this process, without Ray (`kiln run` with one training worker).
-    in_process: bool = False
-    # The Ray resource a training worker's GPU is: Ray's own `GPU` in the product; a test on a
-    # machine without GPUs names a custom resource instead (then without CUDA, kiln_api.topology).
-    gpu_resource: str = GPU
-    python_path: list[str] = field(default_factory=list)
-    termination_message_path: Optional[str] = None
-    startup_timeout_s: float = 600.0
-    listeners: list[Listener] = field(default_factory=list)
-    stop_event: threading.Event = field(default_factory=threading.Event)
 
 
 def describe_node(resources: dict[str, float], gpu_resource: str = GPU) -> str:
@@ -360,116 +332,6 @@ def short_error(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def connect_ray(options: DriverOptions) -> bool:
-    """Connect to the given cluster or start a local one; True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if options.ray_address:
-        ray.init(address=options.ray_address, logging_level=logging.WARNING, log_to_driver=True)
-        return True
-    # Ray Train's controller polls its workers at this interval (default 2 s); a local run is
-    # dominated by start-up and teardown, and 0.5 s cut a 2-epoch `kiln run` from ~31 s to
-    # ~23 s on 2 cores (the workers' Ray processes inherit this environment).
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", LOCAL_HEALTH_CHECK_INTERVAL_S)
-    ray.init(
-        num_cpus=options.local_num_cpus or os.cpu_count() or 1,
-        num_gpus=local_gpu_count() if options.local_num_gpus is None else options.local_num_gpus,
-        include_dashboard=False,
-        _temp_dir=options.ray_temp_dir,
-        object_store_memory=options.local_object_store_bytes,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    return True
-
-
-def local_gpu_count() -> int:
-    """The CUDA devices torch sees on this machine (0 with a CPU build of torch)."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def worker_config(job: TrainingJob, options: DriverOptions) -> dict[str, Any]:
-    """What every training worker gets: the job and the paths (worker_main.run_worker)."""
-    import uuid
-
-    return {
-        "job": job.model_dump(by_alias=True, exclude_none=True, mode="json"),
-        "checkpoint_dir": options.checkpoint_dir,
-        "pvc_root": options.pvc_root,
-        "model_path": options.model_path,
-        "python_path": options.python_path,
-        # This driver's claim on the checkpoint location (checkpoint_fence.py): every restart of the
-        # worker group is the same run; a driver that replaces this one gets another id and fences it.
-        "run_id": uuid.uuid4().hex,
-    }
-
-
-def in_process_training(job: TrainingJob, options: DriverOptions, channel: ProgressChannel,
-                        topology: TrainingTopology) -> Callable[[], None]:
-    """The one training worker, to run on a thread of this process (`kiln run`, no Ray)."""
-    from .worker import in_process_env
-    from .worker_main import train_in_process
-
-    config = worker_config(job, options)
-
-    def train() -> None:
-        # On the training thread: CUDA's current device is a per-thread setting.
-        train_in_process(config, in_process_env(InProcessClient(channel), topology.use_gpu, topology.cpus_per_worker))
-
-    return train
-
-
-def scaling_config(topology: TrainingTopology) -> Any:
-    """Ray Train's ScalingConfig for the topology: one worker per GPU (NCCL when use_gpu)."""
-    from ray.train import ScalingConfig
-
-    return ScalingConfig(num_workers=topology.num_workers, use_gpu=topology.use_gpu,
-                         resources_per_worker=dict(topology.resources_per_worker))
-
-
-def stream_datasets(job: TrainingJob, options: DriverOptions, config: dict[str, Any]) -> dict[str, Any]:
-    """TorchTrainer's `datasets` and `dataset_config` when the job streams its data (stream_driver.py),
-    with the plan added to the workers' `config`; nothing for data in memory."""
-    from .stream_driver import every_row_data_config, load_or_build_plan, streaming_source
-
-    source = None if job.spec.entrypoint else streaming_source(job.spec.data, options.pvc_root)
-    if source is None:
-        return {}
-    if job.spec.evaluation.slice_by:  # loading auto chose to stream (an explicit stream is refused by the spec)
-        raise SpecError("spec.evaluation.sliceBy", "slices need the test split's columns in memory, but this data set is "
-                        "streamed (larger than data.stream.thresholdMiB): set data.loading: memory, or drop sliceBy")
-    plan, datasets = load_or_build_plan(source, options.checkpoint_dir)
-    config.update(stream_plan=plan.to_json(), stream_splits=sorted(datasets))
-    return {"datasets": datasets, "dataset_config": every_row_data_config()}
-
-
-def build_trainer(job: TrainingJob, options: DriverOptions, channel: Any) -> Any:
-    """The TorchTrainer of the job; `channel` is the driver's ProgressChannel actor (or None)."""
-    from ray.train import FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-
-    from .worker_main import train_worker
-
-    config = {**worker_config(job, options), "channel": channel}
-    storage = os.path.join(options.ray_temp_dir or "/tmp", "kiln-train")
-    streamed = stream_datasets(job, options, config)
-    return TorchTrainer(
-        train_worker,
-        train_loop_config=config,
-        **streamed,
-        scaling_config=scaling_config(training_topology(job.spec.workers, options.gpu_resource)),
-        run_config=RunConfig(
-            name=f"{job.name}-{int(time.time())}",
-            storage_path=storage,
-            failure_config=FailureConfig(max_failures=job.spec.failure_policy.max_worker_failures),
-        ),
-    )
-
-
 # ---------------------------------------------------------------------- pod entry point
 
 
@@ -477,48 +339,6 @@ def log_epochs(event: Event, status: TrainingJobStatus) -> None:
     """`kubectl logs <job>-head` shows the same per-epoch lines as `kiln run`."""
     if isinstance(event, EpochEnded):
         log.info("%s", epoch_line(event, status))
-
-
-MAX_JOB_FILE_BYTES = 1 << 20  # a ConfigMap holds at most 1 MiB
-
-
-def read_job_file(path: str, limit: int = MAX_JOB_FILE_BYTES) -> str:
-    """The job file `KILN_JOB_FILE` names (the operator mounts it from the job's ConfigMap)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise ValueError(f"KILN_JOB_FILE: cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise ValueError(f"KILN_JOB_FILE: {path} is larger than {limit} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"KILN_JOB_FILE: {path} is not UTF-8: {exc}") from None
-
-
-def load_job_from_env(environ: dict[str, str]) -> TrainingJob:
-    """The job from the file `KILN_JOB_FILE` names, else from `KILN_JOB` (JSON in the variable itself)."""
-    path = environ.get("KILN_JOB_FILE")
-    source = "KILN_JOB_FILE" if path else "KILN_JOB"
-    raw = read_job_file(path) if path else environ.get("KILN_JOB")
-    if not raw:
-        raise ValueError("KILN_JOB_FILE, KILN_JOB: neither is set (the operator passes the TrainingJob as a JSON file)")
-    try:
-        return TrainingJob.model_validate(json.loads(raw))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{source}: not valid JSON: {exc}") from exc
-    except RecursionError:
-        raise ValueError(f"{source}: JSON nested too deeply") from None
-
-
-def validation_message(exc: ValidationError) -> str:
-    return "; ".join(str(error) for error in pydantic_errors(exc))
-
-
-def default_termination_path() -> Optional[str]:
-    path = DEFAULT_TERMINATION_PATH
-    return path if os.path.exists(path) and os.access(path, os.W_OK) else None
 
 
 def main(environ: Optional[dict[str, str]] = None) -> int:

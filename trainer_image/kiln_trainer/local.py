@@ -36,11 +36,13 @@ from kiln_api.topology import GPU, TrainingTopology, training_topology, workers_
 
 from .console import epoch_line, progress_line, validation_text
 from .curves import plot_curves, read_jsonl
-from .driver import EXIT_INVALID, DriverOptions, JobRunner, local_gpu_count
+from .driver import EXIT_INVALID, JobRunner
+from .driver_options import DriverOptions
 from .events import EpochEnded, Event, Started, StepProgress
 from .local_paths import with_absolute_paths
 from .status_json import status_document
 from .storage import resolve_location
+from .train_setup import local_gpu_count
 from .worker import write_bytes
 
 

@@ -30,9 +30,11 @@ from kiln_api.topology import GPU, TrainingTopology, training_topology
 from pydantic import ValidationError
 from ray import tune
 
-from .driver import EXIT_FAILED, EXIT_OK, DriverOptions, JobRunner, connect_ray, validation_message
+from .driver import EXIT_FAILED, EXIT_OK, JobRunner
+from .driver_options import DriverOptions
 from .evaluation_run import REPORT_FILE, REPORT_FILES, report_status
 from .events import EpochEnded, Event
+from .job_file import validation_message
 from .search_plot import plot_search
 from .search_report import (
     TrialRecord,
@@ -47,6 +49,7 @@ from .search_report import (
 from .search_space import decode_config, num_samples, param_space, scheduler, search_algorithm, total_trials, trial_job
 from .status_json import status_document
 from .storage import resolve_location
+from .train_setup import connect_ray
 from .worker import write_bytes
 
 log = logging.getLogger("kiln_trainer.search")

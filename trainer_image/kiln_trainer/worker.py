@@ -23,7 +23,7 @@ class RunPaths:
     checkpoint_dir: str
     pvc_root: str
     model_path: Optional[str] = None
-    # The driver run this worker belongs to (one per driver process, from driver.build_trainer): the
+    # The driver run this worker belongs to (one per driver process, from train_setup.build_trainer): the
     # claimant of the checkpoint location's generation fence. None: a fresh one per RunCore.
     run_id: Optional[str] = None
 

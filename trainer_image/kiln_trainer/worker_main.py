@@ -33,7 +33,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def stream_inputs(config: dict[str, Any]) -> Any:
-    """The plan and dataset shards of a streamed run (driver.build_trainer), else None."""
+    """The plan and dataset shards of a streamed run (train_setup.build_trainer), else None."""
     if not config.get("stream_plan"):
         return None
     import ray.train
@@ -54,7 +54,7 @@ def train_in_process(config: dict[str, Any], env: WorkerEnv) -> None:
 
 
 def run_worker(config: dict[str, Any], env: WorkerEnv, *, log_errors: bool = True) -> None:
-    """Train on this worker: `config` holds the job and paths (driver.worker_config)."""
+    """Train on this worker: `config` holds the job and paths (train_setup.worker_config)."""
     for entry in reversed(config.get("python_path") or []):
         if entry not in sys.path:
             sys.path.insert(0, entry)

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from kiln_trainer.driver import LOCAL_HEALTH_CHECK_INTERVAL_S
+from kiln_trainer.train_setup import LOCAL_HEALTH_CHECK_INTERVAL_S
 
 # A custom Ray resource standing in for GPUs on machines without any (test_one_worker_per_gpu.py): Ray
 # schedules it like GPUs, without CUDA. Two of them, as on a worker pod with gpusPerWorker: 2.
@@ -23,7 +23,7 @@ def ray_cluster() -> Iterator[None]:
 
     # Short path: Ray's socket paths must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="kt-", dir="/tmp")
-    # As `kiln run` does for its own local cluster (see kiln_trainer.driver.connect_ray).
+    # As `kiln run` does for its own local cluster (see kiln_trainer.train_setup.connect_ray).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", LOCAL_HEALTH_CHECK_INTERVAL_S)
     ray.init(num_cpus=2, num_gpus=0, resources={FAKE_GPU: FAKE_GPUS}, include_dashboard=False, _temp_dir=temp_dir,
              logging_level=logging.WARNING, log_to_driver=False)

@@ -16,15 +16,14 @@ from kiln_api.status import Phase
 from kiln_trainer.console import progress_line
 from kiln_trainer.curves import plot_curves
 from kiln_trainer.driver import (
-    MAX_JOB_FILE_BYTES,
     DriverOptions,
     JobRunner,
     capacity_message,
-    load_job_from_env,
     log_epochs,
     main,
 )
 from kiln_trainer.events import CheckpointSaved, EpochEnded, Finished, Started, StepProgress
+from kiln_trainer.job_file import MAX_JOB_FILE_BYTES, load_job_from_env
 from kiln_trainer.local import LocalOutputs, load_manifest
 from kiln_trainer.metrics import IDLE_TIMEOUT_S, MAX_CONNECTIONS, KilnMetrics, MetricsServer, start_server
 from kiln_trainer.status_json import compact_status, driver_status_json

@@ -302,7 +302,7 @@ def test_a_second_ctrl_c_aborts_in_process_training_at_once(tmp_path, ray_marker
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_more_gpus_than_this_machine_has_fail_at_once_without_starting_ray(tmp_path, ray_marker, replicas):
-    from kiln_trainer.driver import local_gpu_count
+    from kiln_trainer.train_setup import local_gpu_count
 
     gpus = local_gpu_count() + 1
     job_file = write_job(tmp_path, "no-gpus", {"workers": {"replicas": replicas, "gpusPerWorker": gpus}})

@@ -68,7 +68,8 @@ def test_a_column_of_too_many_values_is_refused(tmp_path):
 
 def test_a_table_that_loading_auto_streams_is_refused_with_slices_before_training(tmp_path):
     from kiln_trainer.data.errors import SpecError
-    from kiln_trainer.driver import DriverOptions, stream_datasets
+    from kiln_trainer.driver_options import DriverOptions
+    from kiln_trainer.train_setup import stream_datasets
 
     from tests.support.trainer_helpers import job
 
