@@ -17,8 +17,16 @@ Writes bench/results/data_scale.json (or --output):
 - `streamed_images`, `streamed_parquet`, `compare_streamed`, `compare_in_memory`: each with
   `peak_rss_mib_per_worker` (and its parts `peak_anon_mib_per_worker`, the worker's own memory, and
   `peak_shmem_mib_per_worker`, object store pages), `peak_uss_mib_per_worker`, `samples_per_second`
-  (the epoch's training throughput, all workers), `rows`, `wall_seconds`;
-- `throughput_ratio`: compare_streamed / compare_in_memory samples per second.
+  (the epoch's training throughput, all workers), `rows`, `wall_seconds`, `epoch_seconds`, and
+  `first_epoch_end_to_end_seconds` / `end_to_end_samples_per_second`: from starting `kiln run` until
+  its first epoch's metrics are written (Ray's start, the data's loading or the stream plan's pass,
+  the epoch's training and validation), and the training rows over that;
+  `load_average_1m` (at the start and the end of the run: the machine may be shared);
+- `throughput_ratio`: compare_streamed / compare_in_memory samples per second. The two are not timed
+  over the same work: the in-memory path decodes every image before its timed epoch, a streamed
+  epoch decodes (or reads from its object-store cache) while it trains;
+- `end_to_end_throughput_ratio`: the same ratio of `end_to_end_samples_per_second`, data loading
+  included on both sides.
 Targets (issue): peak RSS per worker <= 1536 MiB on both large sets; ratio >= 0.9.
 --small shrinks every set (2,000 images, 64 MiB of parquet, 500 images to compare) for a quick run.
 
@@ -27,7 +35,7 @@ the data path, not the model: the default cnn ([128, 64] channels) trains about 
 2-core machine, where 50,000 images alone would take half an hour, and its own activations (about
 0.8 GiB at 32 images of 128x128 per worker) would be most of the figure the memory target is about.
 `--cnn-units 128,64` measures the default model.
-Usage: python bench/data_scale.py [--small] [--cnn-units 16,32] [--workdir DIR] [--output FILE]
+Usage: python bench/data_scale.py [--small] [--compare-only] [--cnn-units 16,32] [--workdir DIR] [--output FILE]
 """
 
 from __future__ import annotations
@@ -143,6 +151,17 @@ def sample_workers(stop: threading.Event, peaks: dict[str, dict[int, float]]) ->
                 continue
 
 
+def watch_first_epoch(stop: threading.Event, metrics: Path, started: float, seen: dict[str, float]) -> None:
+    """Seconds from `started` until `metrics` (metrics.jsonl) holds its first epoch, into seen["first_epoch"]."""
+    while not stop.wait(0.1):
+        try:
+            if '"epoch"' in metrics.read_text():
+                seen["first_epoch"] = time.monotonic() - started
+                return
+        except OSError:
+            continue
+
+
 def run(name: str, manifest: dict[str, Any], workdir: Path) -> dict[str, Any]:
     job_file = workdir / f"{name}.yaml"
     job_file.write_text(yaml.safe_dump(manifest))
@@ -154,7 +173,11 @@ def run(name: str, manifest: dict[str, Any], workdir: Path) -> dict[str, Any]:
     stop = threading.Event()
     sampler = threading.Thread(target=sample_workers, args=(stop, peaks), daemon=True)
     sampler.start()
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()[0]
+    first_epoch: dict[str, float] = {}
+    watcher = threading.Thread(target=watch_first_epoch, args=(stop, out / name / "metrics.jsonl", started, first_epoch),
+                               daemon=True)
+    watcher.start()
     workers = manifest["spec"]["workers"]
     store = workers["replicas"] * object_store_bytes(workers["memoryPerWorker"])
     env = {**os.environ, "KILN_RAY_TEMP_DIR": ray_tmp, "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": str(store)}
@@ -163,6 +186,7 @@ def run(name: str, manifest: dict[str, Any], workdir: Path) -> dict[str, Any]:
     wall = time.monotonic() - started
     stop.set()
     sampler.join()
+    watcher.join()
     shutil.rmtree(ray_tmp, ignore_errors=True)
     if result.returncode != 0:
         raise SystemExit(f"{name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -175,7 +199,12 @@ def run(name: str, manifest: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "rows": status["progress"].get("trainRows"),
         "placement": status["progress"].get("dataPlacement"),
         "wall_seconds": round(wall, 1),
+        "epoch_seconds": round(record["epoch_seconds"], 1),
+        "first_epoch_end_to_end_seconds": round(first_epoch["first_epoch"], 1) if first_epoch else None,
+        "end_to_end_samples_per_second": (round(status["progress"]["trainRows"] / first_epoch["first_epoch"], 1)
+                                          if first_epoch and status["progress"].get("trainRows") else None),
         "object_store_mib": round(store / 2**20),
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     })
     print(f"{name}: {figures}", flush=True)
     return figures
@@ -188,6 +217,8 @@ def main() -> int:
     parser.add_argument("--parquet-mib", type=int, default=2048)
     parser.add_argument("--compare-images", type=int, default=5_000)
     parser.add_argument("--small", action="store_true", help="2,000 images, 64 MiB of parquet, 500 to compare")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="only the --compare-images pair (streamed, in memory): no large image folder or parquet run")
     parser.add_argument("--cnn-units", default="16,32", help="channels of the image CNN's conv blocks (see above)")
     parser.add_argument("--workdir", default="/tmp/kiln-data-scale")
     parser.add_argument("--output", default=str(RESULTS))
@@ -196,21 +227,25 @@ def main() -> int:
         args.images, args.parquet_mib, args.compare_images = 2_000, 64, 500
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    images = make_images(work / f"images-{args.images}-{args.image_size}", args.images, args.image_size)
     compare = make_images(work / f"images-{args.compare_images}-{args.image_size}", args.compare_images, args.image_size)
-    table = make_parquet(work / f"table-{args.parquet_mib}mib.parquet", args.parquet_mib)
     size, results = args.image_size, {}
     units = tuple(int(part) for part in args.cnn_units.split(","))
 
     def cnn(name: str, source: Path, loading: str) -> dict[str, Any]:
         return run(name, job_manifest(name, source, loading, "cnn", size, 64, units), work)
 
-    results["streamed_images"] = cnn("streamed-images", images, "stream")
-    results["streamed_parquet"] = run("streamed-parquet", job_manifest("streamed-parquet", table, "stream", "mlp", size, 1024), work)
+    if not args.compare_only:
+        images = make_images(work / f"images-{args.images}-{args.image_size}", args.images, args.image_size)
+        table = make_parquet(work / f"table-{args.parquet_mib}mib.parquet", args.parquet_mib)
+        results["streamed_images"] = cnn("streamed-images", images, "stream")
+        results["streamed_parquet"] = run("streamed-parquet", job_manifest("streamed-parquet", table, "stream", "mlp", size,
+                                                                           1024), work)
     results["compare_streamed"] = cnn("compare-streamed", compare, "stream")
     results["compare_in_memory"] = cnn("compare-in-memory", compare, "memory")
     results["throughput_ratio"] = round(results["compare_streamed"]["samples_per_second"]
                                         / results["compare_in_memory"]["samples_per_second"], 3)
+    end_to_end = [results[k]["end_to_end_samples_per_second"] for k in ("compare_streamed", "compare_in_memory")]
+    results["end_to_end_throughput_ratio"] = round(end_to_end[0] / end_to_end[1], 3) if all(end_to_end) else None
     results.update({
         "device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)", "workers": 2, "memory_per_worker": "2Gi",
         "images": args.images, "image_size": size, "parquet_mib": args.parquet_mib, "compare_images": args.compare_images,

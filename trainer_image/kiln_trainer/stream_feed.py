@@ -42,28 +42,42 @@ class StreamSplit:
                  shuffle_rows: int = 0, prefetch: int = 1, seed: int = 0) -> None:
         self.iterator, self.rows, self.image, self.device = iterator, rows, image, device
         self.shuffle_rows, self.prefetch, self.seed = shuffle_rows, prefetch, seed
-        self.center = self.scale = None
+        self.center = self.scale = self.gain = self.offset = None
         if normalize is not None:
             self.center, self.scale = normalize.center[None].to(device), normalize.scale[None].to(device)
+            # (x / 255 - center) / scale == x * gain - offset, for uint8 pixels x
+            self.gain, self.offset = 1.0 / (255.0 * self.scale), self.center / self.scale
 
     def __len__(self) -> int:
         return self.rows
 
-    def raw_batches(self, batch_size: int, epoch: int = 0) -> Iterator[Batch]:
-        """(x, y) on the device; images still in pixel space [0, 1], channels first."""
+    def _batches(self, batch_size: int, epoch: int) -> Iterator[Batch]:
+        """(x, y) on the device as they arrive; images uint8 (N, C, H, W), a view of the (N, H, W, C) batch."""
         batches = self.iterator.iter_torch_batches(
             batch_size=batch_size, prefetch_batches=self.prefetch, device=self.device,
             local_shuffle_buffer_size=self.shuffle_rows or None,
             local_shuffle_seed=self.seed + epoch if self.shuffle_rows else None,
         )
         for batch in batches:
-            x = batch["image"].permute(0, 3, 1, 2).float().div_(255.0) if self.image else batch["x"]
-            yield x, batch["y"]
+            yield (batch["image"].permute(0, 3, 1, 2) if self.image else batch["x"]), batch["y"]
+
+    def raw_batches(self, batch_size: int, epoch: int = 0) -> Iterator[Batch]:
+        """(x, y) on the device; images still in pixel space [0, 1], channels first (for augmentation)."""
+        for x, y in self._batches(batch_size, epoch):
+            yield (x.float().div_(255.0) if self.image else x), y
+
+    def normalized_batches(self, batch_size: int, epoch: int = 0) -> Iterator[Batch]:
+        """(x, y) ready for the model: images become (x / 255 - center) / scale as one float copy of the
+        uint8 batch and two in-place passes (x * gain - offset), not four passes and three copies."""
+        for x, y in self._batches(batch_size, epoch):
+            if self.image:
+                x = x.float()
+                x = x.mul_(self.gain).sub_(self.offset) if self.gain is not None else x.div_(255.0)
+            yield x, y
 
     def stream_batches(self, batch_size: int) -> Iterator[Batch]:
         """Evaluation batches: normalised, nothing random (evaluation.eval_batches uses this)."""
-        for x, y in self.raw_batches(batch_size):
-            yield (x - self.center) / self.scale if self.center is not None else x, y
+        return self.normalized_batches(batch_size)
 
 
 def stream_bundle(plan: StreamPlan, inputs: StreamInputs, spec: DataSpec, device: torch.device) -> DataBundle:
@@ -113,11 +127,11 @@ class StreamFeed:
             self.generator = torch.Generator(device=self.train.device)
         if self.generator is not None:
             self.generator.manual_seed(augmentation_seed(seed, epoch, rank))
-        for x, y in self.train.raw_batches(self.batch_size, epoch):
-            if self.transform is not None:
-                x = self.transform(x, self.generator)
-            elif self.train.center is not None:
-                x = (x - self.train.center) / self.train.scale
+        if self.transform is not None:
+            batches = ((self.transform(x, self.generator), y) for x, y in self.train.raw_batches(self.batch_size, epoch))
+        else:
+            batches = self.train.normalized_batches(self.batch_size, epoch)
+        for x, y in batches:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y

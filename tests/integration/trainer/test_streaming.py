@@ -93,6 +93,42 @@ def test_streamed_images_stay_uint8_and_their_channel_statistics_equal_a_full_pa
     np.testing.assert_allclose(plan.scale, pixels.std(axis=0), rtol=1e-5)
 
 
+@pytest.mark.parametrize("cache_fraction", [0.0, 0.4], ids=["decoded-every-epoch", "decoded-once-in-the-store"])
+def test_two_shards_of_a_streamed_image_split_hold_every_training_image_once_with_its_label_every_epoch(
+        ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_fraction: float) -> None:
+    from kiln_trainer.data import stream_pipelines
+
+    monkeypatch.setattr(stream_pipelines, "CACHE_STORE_FRACTION", cache_fraction)
+    root = write_image_folder(tmp_path / "images", classes=("a", "b", "c"), per_class=20, size=8, mode="L")
+    spec = DataSpec(source=str(root), loading="stream", image_size=8)
+    plan, datasets = open_source(spec, str(root), DataFormat.imagefolder).build()
+    assert plan.input_shape == [1, 8, 8]
+    files = {f: plan.class_names.index(f.parent.name) for f in root.glob("*/*.png")}
+    label_of = {np.asarray(Image.open(f))[..., None].tobytes(): label for f, label in files.items()}
+    shards = every_row_data_config().configure({TRAIN: datasets[TRAIN]}, world_size=2, worker_handles=None,
+                                               worker_node_ids=None)
+    orders = []
+    for _ in range(2):  # epochs
+        out: list[list[tuple[bytes, int]]] = [[], []]
+
+        def read(rank: int, out: list[list[tuple[bytes, int]]]) -> None:
+            for batch in shards[rank][TRAIN].iter_batches(batch_size=7):
+                assert batch["image"].dtype == np.uint8 and batch["image"].shape[1:] == (8, 8, 1)
+                out[rank].extend(zip((img.tobytes() for img in batch["image"]), batch["y"].tolist(), strict=True))
+
+        threads = [threading.Thread(target=read, args=(rank, out)) for rank in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        seen = out[0] + out[1]
+        assert all(out), "a shard got no rows"
+        assert len(seen) == plan.rows[TRAIN] and len({img for img, _ in seen}) == len(seen)
+        assert all(label_of[img] == label for img, label in seen)
+        orders.append([img for img, _ in seen])
+    assert sorted(orders[0]) == sorted(orders[1])
+
+
 def test_a_setting_error_found_in_a_ray_data_task_names_the_field_without_a_traceback(ray_cluster, tmp_path: Path) -> None:
     write_table(tmp_path / "table.csv", rows=50)
     spec = DataSpec(source=str(tmp_path / "table.csv"), loading="stream", target="label")

@@ -146,3 +146,17 @@ def test_a_plan_round_trips_through_json_and_refuses_what_is_not_an_object() -> 
     assert StreamPlan.from_json(plan.to_json()) == plan
     with pytest.raises(ValueError):
         StreamPlan.from_json("[1, 2]")
+
+
+def test_decoded_images_are_cached_when_the_training_split_fits_the_store_budget() -> None:
+    from kiln_trainer.data.stream_pipelines import cached_splits, files_per_block, image_bytes
+
+    rgb = image_bytes(128, "RGB")
+    assert rgb == 128 * 128 * 3 and image_bytes(32, "L") == 32 * 32
+    rows = {"train": 4500, "validation": 250, "test": 250}
+    assert cached_splits(rows, rgb, budget=4750 * rgb) == {"train", "validation"}
+    assert cached_splits(rows, rgb, budget=4600 * rgb) == {"train"}
+    # A training split that streams leaves the store to the blocks in flight: nothing is cached.
+    assert cached_splits(rows, rgb, budget=4499 * rgb) == set()
+    assert cached_splits(rows, rgb, budget=0) == set()
+    assert 8 <= files_per_block(rgb) <= 256 and files_per_block(1) == 256 and files_per_block(1 << 30) == 8
