@@ -60,8 +60,14 @@ def progress(ctx: Context, next_deadline: float | None) -> Plan:
     _trainer_fields(ctx, plan)
     if plan.phase is not Phase.running and ctx.prev.get("trainerUnreachableSince"):
         plan.updates["trainerUnreachableSince"] = None
-    if plan.phase is not Phase.running:
+    if plan.phase is Phase.starting:  # the trainer's first report comes over HTTP, not as an event
         plan.requeue(POLL_SECONDS if next_deadline is None else min(POLL_SECONDS, next_deadline))
+    elif plan.phase is Phase.pending:
+        # Every change of a pending pod (scheduled, started, failed) is a pod event, which
+        # reconciles at once; polling meanwhile only cost kopf a retry annotation patch each
+        # time (most of the operator's requests while a thousand jobs waited for their pods).
+        if next_deadline is not None:
+            plan.requeue(next_deadline)
     elif ctx.prev.get("trainerUnreachableSince") or plan.updates.get("trainerUnreachableSince"):
         plan.requeue(POLL_SECONDS)
     return plan
