@@ -69,7 +69,9 @@ def _play_scenario(stack: MonitoringStack) -> None:
         stack.restart_head(restarts)
         wait_for(lambda: stack.job_status().get("phase") == "Running", 120, "Running again after a restart")
     operator_metrics = f"http://127.0.0.1:{stack.operator_metrics_port}/metrics"
-    stack.api.inject_faults(1.0, status=500, verbs={"get"}, resources={"services"})
+    # A running job's reconciles read nothing from the API server (the operator's caches) but
+    # write the trainer's progress into status: refusing those writes makes reconcile errors.
+    stack.api.inject_faults(1.0, status=500, verbs={"patch"}, resources={"trainingjobs"})
     try:
         wait_for(lambda: _metric(operator_metrics, "kiln_reconcile_errors_total") >= 3, 60, "reconcile errors")
     finally:
