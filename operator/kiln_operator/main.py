@@ -204,9 +204,9 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
     glibc gives threads that allocate at once arenas of their own, up to 8 per core, and memory
     freed in one is not reused by another: with kopf's and the reconciles' ~50 threads the
-    operator held 273 MiB at 1,000 jobs, and 197 MiB with two arenas (bench/operator_load.py),
-    at no measurable cost in CPU. The same as MALLOC_ARENA_MAX=2, without relying on the
-    Deployment's environment.
+    operator held 273 MiB at 1,000 jobs in one run, 194-260 MiB in runs with two arenas
+    (bench/operator_load.py; the peak varies with the machine's load more than with this). The
+    same as MALLOC_ARENA_MAX=2, without relying on the Deployment's environment.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
