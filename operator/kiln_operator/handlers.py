@@ -30,7 +30,7 @@ import kopf
 from kiln_api import API_GROUP, API_VERSION, KIND, PLURAL
 
 from .apply import ObjectRejected, apply_decision
-from .caches import OperatorCaches
+from .caches import CachingKube, OperatorCaches
 from .kube import ApiError, KubeClient
 from .metrics import OperatorMetrics
 from .objects.labels import MANAGED_BY_LABEL, MANAGER
@@ -91,9 +91,13 @@ class Runtime:
     settings: OperatorSettings
     kube: KubeClient
     metrics: OperatorMetrics
-    caches: OperatorCaches | None = None  # watch-fed reads; None: every read goes to the API server
     _gates: dict[str, JobGate] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def caches(self) -> OperatorCaches | None:
+        """Watch-fed reads, those the client's writes also feed; None: every read goes to the API server."""
+        return self.kube.caches if isinstance(self.kube, CachingKube) else None
 
     def gate_for(self, namespace: str, name: str) -> JobGate:
         with self._guard:

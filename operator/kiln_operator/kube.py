@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -49,6 +50,27 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+
+
+MAX_ERROR_TEXT = 500
+
+
+def _api_error(status: int, body: bytes | None) -> ApiError:
+    """The ApiError for an error answer: reason and message from the body when it is a Status
+    object, else the HTTP status's reason (CamelCase, as the API server's are) and the first
+    MAX_ERROR_TEXT characters of the text (a proxy's HTML page, say, or nothing)."""
+    text = (body or b"").decode(errors="replace")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        return ApiError(status, str(payload.get("reason") or "Error"), str(payload.get("message") or ""))
+    try:
+        reason = "".join(ch for ch in HTTPStatus(status).phrase if ch.isalnum())
+    except ValueError:
+        reason = "Error"
+    return ApiError(status, reason, text[:MAX_ERROR_TEXT].strip())
 
 
 def load_configuration(kubeconfig: str | None = None) -> k8s_client.Configuration:
@@ -130,12 +152,12 @@ class KubeClient:
             response = self._pool.request(method, url, body=data, headers=self._headers(content_type))
         except urllib3.exceptions.HTTPError as exc:
             raise ApiError(0, "Unreachable", f"{method} {path}: {exc}") from None
+        if response.status >= 400:
+            raise _api_error(response.status, response.data)
         try:
             payload = json.loads(response.data or b"{}")
         except ValueError:
             payload = {"message": response.data[:200].decode(errors="replace")}
-        if response.status >= 400:
-            raise ApiError(response.status, str(payload.get("reason") or "Error"), str(payload.get("message") or ""))
         return payload
 
     def stream_lines(self, path: str, params: dict[str, str], read_timeout: float,
@@ -153,8 +175,7 @@ class KubeClient:
             opened(response)
         try:
             if response.status >= 400:
-                payload = json.loads(response.read() or b"{}")
-                raise ApiError(response.status, str(payload.get("reason") or "Error"), str(payload.get("message") or ""))
+                raise _api_error(response.status, response.read())
             pending = b""
             for chunk in response.stream(65536):
                 pending += chunk

@@ -161,7 +161,7 @@ async def serve(settings: OperatorSettings, kubeconfig: str | None, *, peering: 
     """Run the operator until `stop_flag` is set (used by `kiln operator` and the tests)."""
     kube = CachingKube(load_configuration(kubeconfig))
     kube.caches = OperatorCaches(kube, settings.namespaces).start()
-    runtime = Runtime(settings=settings, kube=kube, metrics=metrics or OperatorMetrics(), caches=kube.caches)
+    runtime = Runtime(settings=settings, kube=kube, metrics=metrics or OperatorMetrics())
     namespaces = list(settings.namespaces)
     config = kopf_settings(settings)
     try:

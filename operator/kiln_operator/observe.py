@@ -205,6 +205,15 @@ def fetch_trainer_status(
         return None, f"GET {url}: {str(exc)[:300] or type(exc).__name__}"
 
 
+def _child_reads(job: JobRef) -> tuple[list[str], list[tuple[str, str]]]:
+    """How the job's children are read, from the child-object table: the kinds listed by label
+    (sorted, once each) and the (kind, name) of those fetched by name (rows never read back, the
+    Secret, left out)."""
+    listed = sorted({row.kind for row in CHILDREN if row.listed})
+    named = [(row.kind, row.name(job, 0)) for row in CHILDREN if not row.listed and row.read_back]
+    return listed, named
+
+
 def read_children(kube: KubeClient, namespace: str, job: JobRef, uid: str) -> dict[tuple[str, str], dict[str, Any]]:
     """Every child object of the job that exists, by (kind, name), in one round trip.
 
@@ -213,8 +222,7 @@ def read_children(kube: KubeClient, namespace: str, job: JobRef, uid: str) -> di
     has no `get` on Secrets). Only per-job rows can be read by name: the manifest may not
     validate, so its worker count is unknown here.
     """
-    listed = sorted({row.kind for row in CHILDREN if row.listed})
-    named = [(row.kind, row.name(job, 0)) for row in CHILDREN if not row.listed and row.read_back]
+    listed, named = _child_reads(job)
     selector = label_selector(job_selector(job))
     results = concurrently([
         *[lambda kind=kind: kube.list(kind, namespace, selector) for kind in listed],
@@ -231,8 +239,7 @@ def read_children(kube: KubeClient, namespace: str, job: JobRef, uid: str) -> di
 
 def children_from_cache(cached: list[tuple[str, dict[str, Any]]], job: JobRef, uid: str) -> dict[tuple[str, str], dict[str, Any]]:
     """What `read_children` would find, picked from an informer's cached (kind, object) pairs."""
-    listed = {row.kind for row in CHILDREN if row.listed}
-    named = {(row.kind, row.name(job, 0)) for row in CHILDREN if not row.listed and row.read_back}
+    listed, named = _child_reads(job)
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for kind, obj in cached:
         key = (kind, obj["metadata"]["name"])

@@ -167,21 +167,29 @@ class StreamSource:
             return {name: self.table_split(plan, name) for name in SPLITS if plan.rows.get(name, 0) > 0}
         files = self._split_files(self._classes())
         mode = "L" if plan.input_shape[0] == 1 else "RGB"
-        cached = dict(cached or {})
-        keep = cached_splits({name: len(files[name]) for name in SPLITS}, image_bytes(self.spec.image_size, mode),
-                             cache_budget_bytes())
+        return self._image_datasets(plan.class_names, files, mode, self._cache_decision(files, mode), cached or {})
+
+    def _image_datasets(self, class_names: list[str], files: dict[str, list[tuple[str, int]]], mode: str,
+                        keep: set[str], cached: dict[str, Any]) -> dict[str, Any]:
+        """A Ray Dataset per non-empty image split: those in `keep` decoded into the object store
+        (taken from `cached` where already decoded there), the others streamed."""
         out: dict[str, Any] = {}
         for name in SPLITS:
             if not files[name]:
                 continue
             if name in cached or name in keep:
-                split = cached[name] if name in cached else self.cached_image_split(files[name], plan.class_names, mode)
+                split = cached[name] if name in cached else self.cached_image_split(files[name], class_names, mode)
                 # A new block order every epoch (seeded, reseeded per execution), as the files' order is
                 # when they are read again every epoch.
                 out[name] = split.randomize_block_order(seed=reseeded(self.seed)) if name == TRAIN else split
             else:
-                out[name] = self.image_split(files[name], plan.class_names, mode, shuffle=name == TRAIN)
+                out[name] = self.image_split(files[name], class_names, mode, shuffle=name == TRAIN)
         return out
+
+    def _cache_decision(self, files: dict[str, list[tuple[str, int]]], mode: str) -> set[str]:
+        """The splits decoded into the object store (`cached_splits`), against this cluster's budget."""
+        return cached_splits({name: len(files[name]) for name in SPLITS}, image_bytes(self.spec.image_size, mode),
+                             cache_budget_bytes())
 
     def table_split(self, plan: StreamPlan, split: str) -> Any:
         """The rows of one split, encoded and scaled: columns `x` (float32, F) and `y`."""
@@ -214,8 +222,8 @@ class StreamSource:
         partial = ChannelPartial()
         names = [name for name, _ in classes]
         cached: dict[str, Any] = {}
-        if TRAIN in cached_splits({name: len(files[name]) for name in SPLITS}, image_bytes(spec.image_size, mode),
-                                  cache_budget_bytes()):
+        keep = self._cache_decision(files, mode)  # once: the statistics pass and the datasets follow it
+        if TRAIN in keep:
             # Decoded once, here: the statistics pass and every epoch read the cached blocks.
             with setting_errors_unwrapped(spec.source):
                 train = cached[TRAIN] = self.cached_image_split(files[TRAIN], names, mode)
@@ -233,7 +241,7 @@ class StreamSource:
             input_shape=[channels, size, size], output_dim=len(names), rows={k: len(v) for k, v in files.items()},
             fill=pre.fill.tolist(), center=pre.center.tolist(), scale=pre.scale.tolist(), data_key=data_key(spec),
         )
-        return plan, self.datasets(plan, cached)
+        return plan, self._image_datasets(names, files, mode, keep, cached)
 
     def _classes(self) -> list[tuple[str, list[str]]]:
         return list_class_files(self.fs, self.root, self.spec.source)
