@@ -116,7 +116,7 @@ def devices_line(topology: TrainingTopology, in_process: bool, gpu_name: str = "
     n = topology.num_workers
     if topology.use_gpu:
         line = f"training on {n} x cuda ({gpu_name or 'cuda'})"
-        return line + (" in this process" if in_process else f": {n} Ray Train workers, NCCL")
+        return line + (" in this process" if in_process else f": {n} Ray Train worker{'s' if n != 1 else ''}, NCCL")
     line = f"training on {n} CPU worker{'s' if n != 1 else ''}"
     return line + (" in this process" if in_process else ": Ray Train, gloo")
 

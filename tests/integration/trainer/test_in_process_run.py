@@ -69,6 +69,7 @@ def test_a_single_worker_always_fits_this_machine():
         (1, 0, True, "training on 1 CPU worker in this process"),
         (2, 0, False, "training on 2 CPU workers: Ray Train, gloo"),
         (1, 1, True, "training on 1 x cuda (NVIDIA H200) in this process"),
+        (1, 1, False, "training on 1 x cuda (NVIDIA H200): 1 Ray Train worker, NCCL"),  # `kiln run --ray`
         (1, 2, False, "training on 2 x cuda (NVIDIA H200): 2 Ray Train workers, NCCL"),
         (2, 4, False, "training on 8 x cuda (NVIDIA H200): 8 Ray Train workers, NCCL"),
     ],
