@@ -269,14 +269,6 @@ def _found(body: dict[str, Any] | None, path: str) -> Answer:
     return (body, JSON, 200) if body is not None else _not_found(path)
 
 
-def is_meta_path(path: str) -> bool:
-    """True for the paths `meta_response` answers: discovery documents and OpenAPI."""
-    parts = [p for p in path.strip("/").split("/") if p]
-    if parts[:1] == ["openapi"] or parts in (["api"], ["apis"]):
-        return True
-    return (len(parts) == 2 and parts[0] in ("api", "apis")) or (len(parts) == 3 and parts[0] == "apis")
-
-
 def meta_response(path: str, accept: str, served: list[Served], crd: dict[str, Any]) -> Answer | None:
     """The answer to a discovery or OpenAPI request, or None when `path` is not one."""
     parts = [p for p in path.strip("/").split("/") if p]

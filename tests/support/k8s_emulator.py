@@ -1,9 +1,9 @@
 """An emulated Kubernetes API server on loopback, for integration and e2e tests.
 
-`KilnKubernetesEmulator` subclasses `kmock.KubernetesEmulator` (which keeps serving discovery:
-/api, /apis, /version) and takes over every request for a declared resource. The objects and
-their write rules live in `k8s_store.ObjectStore`; selectors and patches in `k8s_semantics`.
-Together they add what a real API server does and kmock 0.8 lacks:
+`KilnKubernetesEmulator` answers every request, synchronously, behind a small HTTP/1.1 server
+of its own (`k8s_http`; it began as a kmock subclass behind aiohttp, which cost three times the
+CPU per request). The objects and their write rules live in `k8s_store.ObjectStore`; selectors
+and patches in `k8s_semantics`; JSON goes through orjson (`k8s_json`). What it does:
 
 - uid, monotonic resourceVersion, creationTimestamp, generation (bumped on spec changes only),
   `generateName`, 201 on create, 409 AlreadyExists / Conflict (stale resourceVersion on PUT/PATCH);
@@ -25,8 +25,10 @@ Together they add what a real API server does and kmock 0.8 lacks:
   `log_source` (the e2e kubelet's container log; `tailLines`/`limitBytes`, no `follow`);
 - cheap hot paths: per-kind, per-label and per-owner indexes (`k8s_index`), lists in
   (namespace, name) order without a sort per list, stored objects never copied (they are
-  immutable once stored), watch events encoded once, TrainingJob validation memoised per
-  part (`k8s_validation`);
+  immutable once stored) and encoded to JSON once per version (responses, list items and watch
+  events share the bytes), JSON patches copying only the containers on their paths, watch
+  events written from the change notification itself (no task per watch), TrainingJob
+  validation memoised per part, by identity first (`k8s_validation`);
 - watches that honour `resourceVersion` (replay only what came after it; 410 Gone if too old)
   and `timeoutSeconds`; lists carry the current resourceVersion;
 - Services get `spec.clusterIP` from 127.1.0.0/16 (the e2e kubelet plays kube-proxy there);
@@ -63,7 +65,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import logging
 import random
 import tempfile
 import threading
@@ -71,14 +72,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp.web
 import attrs
-import kmock
 import pytest
 from kiln_api.validation import default_crd
 
-from tests.support.k8s_discovery import Served, is_meta_path, meta_response, served_resources
-from tests.support.k8s_requests import FastRequest, FaultPlan, RequestRecord
+from tests.support import k8s_json
+from tests.support.k8s_discovery import Served, meta_response, served_resources
+from tests.support.k8s_http import ChunkWriter, HttpRequest, HttpResponse, HttpServer, Stream
+from tests.support.k8s_requests import FaultPlan, RequestRecord
 from tests.support.k8s_semantics import (
     ResourcePath,
     SelectorError,
@@ -89,100 +90,97 @@ from tests.support.k8s_semantics import (
     status_object,
     verb_of,
 )
-from tests.support.k8s_store import BUILTIN_KINDS, TRAININGJOBS, ApiError, Kind, ObjectStore
+from tests.support.k8s_store import BUILTIN_KINDS, TRAININGJOBS, ApiError, Kind, ObjectStore, WatchEvent
 from tests.support.k8s_tables import table, wants_table
+
+VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "gitCommit": "", "gitTreeState": "clean",
+           "buildDate": "2024-12-11T00:00:00Z", "goVersion": "go1.23.3", "compiler": "gc", "platform": "linux/amd64"}
 
 
 @attrs.define(kw_only=True)
-class KilnKubernetesEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator with the API-server semantics listed in the module docstring."""
+class KilnKubernetesEmulator:
+    """The emulated API server's request handler, with the semantics listed in the module docstring."""
 
     crd: dict[str, Any] = attrs.field(factory=default_crd)
     kinds: dict[str, Kind] = attrs.field(factory=lambda: dict(BUILTIN_KINDS))
     state: ObjectStore = attrs.field(init=False)
     log: list[RequestRecord] = attrs.field(factory=list)
     faults: FaultPlan | None = attrs.field(default=None)
-    _watchers: set[asyncio.Queue[Any]] = attrs.field(factory=set)
+    _watches: set[Watch] = attrs.field(factory=set)
     # the stored pod -> its container's log so far, or None before it started (set by a kubelet)
     log_source: Callable[[dict[str, Any]], str | None] | None = attrs.field(default=None)
     served: list[Served] = attrs.field(init=False)
     printer_columns: list[dict[str, Any]] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        for key, kind in self.kinds.items():
-            self.resources[key] = kmock.ResourceInfo(
-                kind=kind.kind,
-                namespaced=kind.namespaced,
-                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-                subresources={"status"} if kind.status_subresource else set(),
-            )
         self.state = ObjectStore(self.crd, self.kinds)
         self.served = served_resources(self.kinds, self.crd)
         self.printer_columns = self.crd["spec"]["versions"][0].get("additionalPrinterColumns", [])
 
     # ------------------------------------------------------------------ dispatch
 
-    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        """Resource and discovery requests skip kmock's parsing and its request log (which keeps
-        every body for the server's lifetime); the rest (/version, /) stay kmock's."""
-        path = parse_resource_path(raw_request.path)
-        if (path is not None and path.key in self.kinds) or is_meta_path(raw_request.path):
-            return await self._handle(await FastRequest.read(raw_request))  # type: ignore[arg-type]
-        return await super().__call__(raw_request)
-
-    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        meta = meta_response(request.url.path, request.headers.get("Accept", ""), self.served, self.crd)
+    def __call__(self, request: HttpRequest) -> HttpResponse | Stream:
+        accept = request.headers.get("accept", "")
+        meta = meta_response(request.path, accept, self.served, self.crd)
         if meta is not None:
             body, content_type, code = meta
-            return aiohttp.web.Response(body=json.dumps(body).encode(), status=code, headers={"Content-Type": content_type})
-        path = parse_resource_path(request.url.path)
+            return HttpResponse.json(body, code, content_type)
+        path = parse_resource_path(request.path)
         if path is None or path.key not in self.kinds:
-            # /version and the root stay kmock's.
-            return await super(kmock.KubernetesEmulator, self)._handle(request)
-        params = dict(request.params)
+            if request.path == "/version":
+                return HttpResponse.json(VERSION)
+            return HttpResponse.json(status_object(404, "NotFound", "the server could not find the requested resource"), 404)
+        params = request.query
         self.state.strict_fields = params.get("fieldValidation") == "Strict"
-        verb = verb_of(str(request.method.value), path, params)
+        verb = verb_of(request.method, path, params)
         fault = self._fault(verb, path)
-        self.log.append(RequestRecord(str(request.method.value), request.url.path,
+        self.log.append(RequestRecord(request.method, request.path,
                                       path.plural + (f"/{path.subresource}" if path.subresource else ""),
                                       path.group, verb, path.namespace, path.name, fault,
-                                      str(request.headers.get("User-Agent", ""))))
+                                      request.headers.get("user-agent", "")))
         try:
             if fault is not None:
                 raise ApiError(fault, "InternalError" if fault == 500 else "Conflict", f"injected fault {fault}")
             if verb == "watch":
-                return await self._watch(request, path, params)
+                return self._watch(path, params, wants_table(accept))
             if path.subresource == "log" and verb == "get":
                 return self._pod_log(path, params)
             body, code = self._serve(verb, path, params, request)
-            if verb in ("get", "list") and wants_table(request.headers.get("Accept", "")):
+            if verb in ("get", "list") and wants_table(accept):
                 items = body["items"] if verb == "list" else [body]
                 version = body["metadata"]["resourceVersion"] if verb == "list" else str(self.state.resource_version)
                 body = self._table(path, items, version, params)
         except ApiError as exc:
-            return aiohttp.web.json_response(exc.body, status=exc.code)
+            return HttpResponse.json(exc.body, exc.code)
         except SelectorError as exc:
-            return aiohttp.web.json_response(status_object(400, "BadRequest", str(exc)), status=400)
-        return aiohttp.web.json_response(body, status=code)
+            return HttpResponse.json(status_object(400, "BadRequest", str(exc)), 400)
+        return HttpResponse(code, self.state.encode(body))
 
     def close_watches(self) -> None:
-        for queue in self._watchers:
-            queue.put_nowait(None)
+        for watch in list(self._watches):
+            watch.finish()
 
     def _fault(self, verb: str, path: ResourcePath) -> int | None:
         if self.faults is not None and self.faults.hits(verb, path.plural):
             return self.faults.status
         return None
 
-    def _serve(self, verb: str, path: ResourcePath, params: dict[str, str], request: kmock.Request) -> tuple[Any, int]:
-        data = request.data
-        content_type = request.headers.get("Content-Type", "application/merge-patch+json")
-        if data is None and "yaml" in content_type:
-            try:
-                data = parse_yaml_body(request.text)
-            except ValueError as exc:
+    @staticmethod
+    def _body(request: HttpRequest) -> Any:
+        """The decoded body: JSON unless the client sent YAML (server-side apply, kubectl create)."""
+        if not request.body:
+            return None
+        text = request.body.decode("utf-8", errors="replace")
+        try:
+            return parse_yaml_body(text) if "yaml" in request.content_type else k8s_json.loads(request.body)
+        except ValueError as exc:
+            if "yaml" in request.content_type:
                 raise ApiError(400, "BadRequest", str(exc)) from None
+            return None
+
+    def _serve(self, verb: str, path: ResourcePath, params: dict[str, str], request: HttpRequest) -> tuple[Any, int]:
+        data = self._body(request)
+        content_type = request.content_type or "application/merge-patch+json"
         if verb in ("create", "update", "patch") and not isinstance(data, (dict, list)):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
         if verb == "get":
@@ -208,87 +206,97 @@ class KilnKubernetesEmulator(kmock.KubernetesEmulator):
         columns = self.printer_columns if path.key == TRAININGJOBS else None
         return table(self.kinds[path.key].kind, items, columns, version, params.get("includeObject", "Metadata"))
 
-    def _pod_log(self, path: ResourcePath, params: dict[str, str]) -> aiohttp.web.Response:
+    def _pod_log(self, path: ResourcePath, params: dict[str, str]) -> HttpResponse:
         """`pods/NAME/log` from the kubelet's container log (`log_source`); 400 until it has one."""
         pod = self.state.get(ResourcePath(path.group, path.version, path.plural, path.namespace, path.name))
         text = self.log_source(pod) if self.log_source else None
         if text is None:
             container = ((pod.get("spec") or {}).get("containers") or [{}])[0].get("name", "")
             raise ApiError(400, "BadRequest", f'container "{container}" in pod "{path.name}" is waiting to start: ContainerCreating')
-        return aiohttp.web.Response(text=log_slice(text, params), content_type="text/plain")
+        return HttpResponse(200, log_slice(text, params).encode(), "text/plain; charset=utf-8")
 
     # ------------------------------------------------------------------ watch
 
-    async def _watch(self, request: kmock.Request, path: ResourcePath, params: dict[str, str]) -> aiohttp.web.StreamResponse:
-        matches = self.state.matcher(path, params)
+    def _watch(self, path: ResourcePath, params: dict[str, str], as_table: bool) -> Watch:
         since = params.get("resourceVersion") or "0"
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        replay = self.state.history_after(int(since), path.key) if since != "0" else []
+        matches = self.state.matcher(path, params)
         if since == "0":
-            backlog = [{"type": "ADDED", "object": obj} for key, obj in self.state.objects.items() if matches(key, obj)]
-        elif replay is None:
-            backlog = [{"type": "ERROR", "object": status_object(410, "Expired", f"too old resource version: {since}")}]
+            backlog: list[Any] = [WatchEvent(type="ADDED", object=obj) for key, obj in self.state.objects.items()
+                                  if matches(key, obj)]
         else:
-            backlog = replay
-        listener = lambda key, event: queue.put_nowait((key, event))  # noqa: E731
-        self._watchers.add(queue)
-        self.state.listeners.add(listener)
-        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request._raw_request)
-        timeout = float(params.get("timeoutSeconds") or 1800)
-        try:
-            shape = self._event_shape(request, path, params)
-            await self._send(response, [self._line(shape, matches, path.key, event) for event in backlog])
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            raw = request._raw_request
-            while (left := deadline - loop.time()) > 0:
-                # aiohttp does not cancel a handler whose client went away: look every second.
-                if raw is None or raw.transport is None or raw.transport.is_closing():
-                    break
-                try:
-                    items = [await asyncio.wait_for(queue.get(), timeout=min(left, 1.0))]
-                except asyncio.TimeoutError:
-                    continue
-                # Whatever else is queued goes out in the same write: under a burst of changes one
-                # chunk (and one system call) carries many events instead of one each.
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                await self._send(response, [self._line(shape, matches, *item) for item in items if item is not None])
-                if None in items:  # the server is shutting down
-                    break
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self._watchers.discard(queue)
-            self.state.listeners.discard(listener)
-        return response
+            replay = self.state.history_after(int(since), path.key)
+            backlog = replay if replay is not None else [
+                {"type": "ERROR", "object": status_object(410, "Expired", f"too old resource version: {since}")}]
+        shape = self._table_event_shape(path, params) if as_table else None
+        return Watch(self, path.key, matches, shape, backlog, float(params.get("timeoutSeconds") or 1800))
 
-    def _event_shape(self, request: kmock.Request, path: ResourcePath, params: dict[str, str]) -> Callable[[dict[str, Any]], Any]:
-        """Events as stored, or as one-row Tables when kubectl asked for Tables (`get -w`)."""
-        if not wants_table(request.headers.get("Accept", "")):
-            return lambda event: event
+    def _table_event_shape(self, path: ResourcePath, params: dict[str, str]) -> Callable[[dict[str, Any]], Any]:
+        """Events as one-row Tables, for kubectl's `get -w`."""
         return lambda event: {"type": event["type"], "object": self._table(
             path, [event["object"]], event["object"]["metadata"]["resourceVersion"], params)}
 
-    @staticmethod
-    def _line(shape: Callable[[dict[str, Any]], Any], matches: Any, key: str, event: dict[str, Any]) -> bytes | None:
+
+@attrs.define(eq=False)
+class Watch:
+    """One watch: its backlog, then each matching change as it happens, until its timeout or the
+    client leaves. Events are written from the store's notification itself (no task per watch);
+    what one loop iteration brings goes out as one chunk."""
+
+    emulator: KilnKubernetesEmulator
+    key: str
+    matches: Callable[[tuple[Any, ...], dict[str, Any]], bool]
+    shape: Callable[[dict[str, Any]], Any] | None
+    backlog: list[Any]
+    timeout: float
+    _writer: ChunkWriter | None = None
+    _pending: list[bytes] = attrs.field(factory=list)
+    _timer: asyncio.TimerHandle | None = None
+    _done: bool = False
+
+    def start(self, writer: ChunkWriter) -> None:
+        self._writer = writer
+        writer.on_close = self.finish
+        writer.write(b"".join(line for event in self.backlog if (line := self._line(self.key, event)) is not None))
+        self.backlog = []
+        self.emulator._watches.add(self)
+        self.emulator.state.listen(self.key, self.on_event)
+        self._timer = asyncio.get_running_loop().call_later(self.timeout, self.finish)
+
+    def on_event(self, key: str, event: dict[str, Any]) -> None:
+        line = self._line(key, event)
+        if line is None:
+            return
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        if self._pending and self._writer is not None:
+            chunk, self._pending = b"".join(self._pending), []
+            self._writer.write(chunk)
+
+    def finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.emulator._watches.discard(self)
+        self.emulator.state.unlisten(self.key, self.on_event)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._writer is not None:
+            self.flush()
+            self._writer.end()
+
+    def _line(self, key: str, event: dict[str, Any]) -> bytes | None:
         """The event as the watcher's JSON line, or None when the watcher's selectors exclude it."""
         obj = event["object"]
         if event["type"] != "ERROR":
             meta = obj.get("metadata", {})
-            if not matches((key, meta.get("namespace"), meta.get("name")), obj):
+            if not self.matches((key, meta.get("namespace"), meta.get("name")), obj):
                 return None
-            shaped = shape(event)
-            if shaped is not event:
-                return json.dumps(shaped).encode() + b"\n"
-        return event.line() if hasattr(event, "line") else json.dumps(event).encode() + b"\n"
-
-    @staticmethod
-    async def _send(response: aiohttp.web.StreamResponse, lines: list[bytes | None]) -> None:
-        chunk = b"".join(line for line in lines if line is not None)
-        if chunk:
-            await response.write(chunk)
+            if self.shape is not None:
+                return k8s_json.dumps(self.shape(event)) + b"\n"
+        return self.emulator.state.event_line(event)
 
 
 class EmulatedApiServer:
@@ -319,14 +327,12 @@ class EmulatedApiServer:
             self._thread.join(30)
 
     def _run(self) -> None:
-        # One line per request drowns the test output; the request log keeps them instead.
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         try:
-            async with self.emulator, kmock.Server(self.emulator) as server:
+            async with HttpServer(self.emulator) as server:
                 self.url = f"http://127.0.0.1:{server.port}"
                 self._ready.set()
                 await self._stop.wait()
@@ -346,12 +352,13 @@ class EmulatedApiServer:
         path.write_text(json.dumps(config))  # JSON is YAML
         return path
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the emulator's loop, so it never sees a half-applied change."""
+    def _call(self, fn: Callable[[], Any], *, fresh: bool = False) -> Any:
+        """Run `fn` on the emulator's loop, so it never sees a half-applied change; its answer is
+        copied unless `fresh` (built anew by `fn`, sharing nothing with the store)."""
         assert self._loop is not None
 
         async def call() -> Any:
-            return copy.deepcopy(fn())
+            return fn() if fresh else copy.deepcopy(fn())
 
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result(30)
 

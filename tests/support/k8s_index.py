@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tests.support import k8s_json
+
 Key = tuple[str, str | None, str]  # (resource key, namespace, name)
 Obj = dict[str, Any]
 _EQUALITY = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s*==?\s*([A-Za-z0-9._-]*)\s*$")
@@ -43,15 +45,31 @@ class ObjectIndex:
         self._by_label: dict[tuple[str, str], dict[str, dict[Key, None]]] = {}  # (kind, label) -> value -> keys
         self._uids: dict[str, Key] = {}
         self._dependents: dict[str, set[Key]] = {}
+        # id of a stored object -> (it, its JSON): kept only while it is the stored version, which
+        # is never changed in place, so the bytes stay true for as long as they are kept.
+        self._encoded: dict[int, tuple[Obj, bytes]] = {}
+        self._live: set[int] = set()
+
+    def encoded(self, obj: Obj) -> bytes:
+        """`obj` as JSON, from the cache when it is a stored object (encoded once per version)."""
+        cached = self._encoded.get(id(obj))
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        data = k8s_json.dumps(obj)
+        if id(obj) in self._live:
+            self._encoded[id(obj)] = (obj, data)
+        return data
 
     def put(self, key: Key, obj: Obj) -> None:
         old = self.objects.get(key)
         if old is not None:
             self._unindex(key, old, membership=False)
+            self._forget(old)
         else:
             self._by_kind.setdefault(key[0], {})[key] = None
             self._sorted.pop(key[0], None)
         self.objects[key] = obj
+        self._live.add(id(obj))
         meta = obj["metadata"]
         for label, value in (meta.get("labels") or {}).items():
             self._by_label.setdefault((key[0], label), {}).setdefault(str(value), {})[key] = None
@@ -64,7 +82,12 @@ class ObjectIndex:
         obj = self.objects.pop(key, None)
         if obj is not None:
             self._unindex(key, obj, membership=True)
+            self._forget(obj)
         return obj
+
+    def _forget(self, obj: Obj) -> None:
+        self._live.discard(id(obj))
+        self._encoded.pop(id(obj), None)
 
     def _unindex(self, key: Key, obj: Obj, membership: bool) -> None:
         meta = obj["metadata"]
@@ -87,9 +110,10 @@ class ObjectIndex:
             self._by_kind.get(key[0], {}).pop(key, None)
             self._sorted.pop(key[0], None)
 
-    def label_sizes(self, kind: str, label: str) -> dict[str, int]:
-        """How many objects of `kind` carry each value of `label` (what a benchmark counts)."""
-        return {value: len(keys) for value, keys in self._by_label.get((kind, label), {}).items()}
+    def label_members(self, kind: str, label: str) -> dict[str, dict[Key, None]]:
+        """The keys of the objects of `kind` carrying `label`, by its value: the index itself, to
+        be read (on the emulator's loop) and never changed."""
+        return self._by_label.get((kind, label), {})
 
     def alive(self, uid: str) -> bool:
         return uid in self._uids

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
+import os
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from tests.support import k8s_json
 from tests.support.k8s_index import ObjectIndex
 from tests.support.k8s_semantics import (
     ResourcePath,
@@ -83,8 +85,14 @@ def _encode_string_data(obj: dict[str, Any]) -> None:
             data[key] = base64.b64encode(str(value).encode()).decode()
 
 
+_CLOCK: list[Any] = [0, ""]  # [the second, it formatted]: timestamps have a resolution of a second
+
+
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    second = int(time.time())
+    if _CLOCK[0] != second:
+        _CLOCK[:] = [second, datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")]
+    return str(_CLOCK[1])
 
 
 class WatchEvent(dict):  # type: ignore[type-arg]
@@ -92,9 +100,10 @@ class WatchEvent(dict):  # type: ignore[type-arg]
 
     _line: bytes | None = None
 
-    def line(self) -> bytes:
+    def line(self, encode: Callable[[dict[str, Any]], bytes]) -> bytes:
+        """The line, with the object as `encode` gives it (the stored object's cached JSON)."""
         if self._line is None:
-            self._line = json.dumps(self).encode() + b"\n"
+            self._line = b'{"type":%b,"object":%b}\n' % (k8s_json.dumps(self["type"]), encode(self["object"]))
         return self._line
 
 
@@ -110,11 +119,11 @@ class ObjectStore:
         self.validator = MemoValidator(crd)
         self.index = ObjectIndex()
         self.objects = self.index.objects  # read-only outside this class: writes go through the index
-        self.listeners: set[Listener] = set()
+        self._listeners: dict[str, list[Listener]] = {}  # resource key -> its watches' callbacks
         self.strict_fields = False  # set per request from ?fieldValidation=Strict
         self._rv = 1
         self._history: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=WATCH_HISTORY)
-        self._ips: set[str] = set()
+        self._next_ip = 1  # of 127.1.0.0/16, for Services' cluster IPs
         for namespace in ("default", "kube-system"):
             self.create(ResourcePath("", "v1", "namespaces"), {"metadata": {"name": namespace}})
 
@@ -161,6 +170,13 @@ class ObjectStore:
         return {"apiVersion": api_version, "kind": f"{kind}List",
                 "metadata": {"resourceVersion": str(self._rv)}, "items": items}
 
+    @staticmethod
+    def _new_uid() -> str:
+        """A random (version 4) UUID, as an API server gives: clients may key on any part of it.
+        Formatted from 16 random bytes: `str(uuid.uuid4())` was a measurable share of a create."""
+        h = os.urandom(16).hex()
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
     def _bump(self) -> str:
         self._rv += 1
         return str(self._rv)
@@ -170,8 +186,33 @@ class ObjectStore:
         event = WatchEvent(type=event_type, object=obj)
         rv = int(obj["metadata"]["resourceVersion"])
         self._history.append((rv, path_key, event))
-        for listener in list(self.listeners):
+        for listener in list(self._listeners.get(path_key, ())):
             listener(path_key, event)
+
+    def listen(self, path_key: str, listener: Listener) -> None:
+        """Call `listener(path_key, event)` on every change of that resource, until `unlisten`."""
+        self._listeners.setdefault(path_key, []).append(listener)
+
+    def unlisten(self, path_key: str, listener: Listener) -> None:
+        listeners = self._listeners.get(path_key, [])
+        if listener in listeners:
+            listeners.remove(listener)
+
+    def encode(self, body: Any) -> bytes:
+        """A response body as JSON; stored objects (alone or as a list's items) are encoded once
+        per version, however many responses and watch events carry them."""
+        if isinstance(body, dict) and isinstance(body.get("items"), list) and str(body.get("kind", "")).endswith("List"):
+            head = k8s_json.dumps({k: v for k, v in body.items() if k != "items"})
+            items = b", ".join(self.index.encoded(obj) for obj in body["items"])
+            return head[:-1] + (b',' if len(head) > 2 else b'') + b'"items":[' + items + b"]}"
+        if isinstance(body, dict) and "metadata" in body:
+            return self.index.encoded(body)
+        return k8s_json.dumps(body)
+
+    def event_line(self, event: dict[str, Any]) -> bytes:
+        if isinstance(event, WatchEvent):
+            return event.line(self.index.encoded)
+        return k8s_json.dumps(event) + b"\n"
 
     def _validate(self, path: ResourcePath, obj: dict[str, Any]) -> dict[str, Any]:
         if path.key != TRAININGJOBS:
@@ -231,7 +272,7 @@ class ObjectStore:
                            {"name": meta["name"], "group": path.group, "kind": path.plural})
         obj = self._validate(path, obj)
         meta = obj["metadata"]
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1, resourceVersion=self._bump())
+        meta.update(uid=self._new_uid(), creationTimestamp=_now(), generation=1, resourceVersion=self._bump())
         meta.pop("deletionTimestamp", None)
         if kind.status_subresource:
             obj["status"] = {"phase": "Pending"} if kind.kind == "Pod" else {}
@@ -250,12 +291,11 @@ class ObjectStore:
         spec.setdefault("type", "ClusterIP")
         if spec.get("clusterIP") in ("None",):
             return
-        for n in range(1, 65535):
-            ip = f"127.1.{n // 256}.{n % 256}"
-            if n % 256 not in (0, 255) and ip not in self._ips:
-                self._ips.add(ip)
-                spec["clusterIP"] = ip
-                spec["clusterIPs"] = [ip]
+        while self._next_ip < 65535:  # addresses are never given back: the next one is always free
+            n, self._next_ip = self._next_ip, self._next_ip + 1
+            if n % 256 not in (0, 255):
+                spec["clusterIP"] = f"127.1.{n // 256}.{n % 256}"
+                spec["clusterIPs"] = [spec["clusterIP"]]
                 return
         raise ApiError(500, "InternalError", "the 127.1.0.0/16 service range is exhausted")
 

@@ -10,12 +10,13 @@ syntax, the annotation budget) run on every write, as they are cheap.
 from __future__ import annotations
 
 import copy
-import json
 from collections import OrderedDict
 from typing import Any
 
 from kiln_api.errors import FieldError
 from kiln_api.validation import ValidationResult, validate_object
+
+from tests.support import k8s_json
 
 MEMO_SIZE = 4096
 # The metadata fields the schema and the CEL rules read (the rest is ObjectMeta's own checks).
@@ -43,6 +44,13 @@ def _without(crd: dict[str, Any], field: str) -> dict[str, Any]:
     return narrowed
 
 
+def _main_part(obj: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """What the spec's validation reads: the names of the top-level fields but metadata and
+    status, and the values themselves."""
+    names = tuple(sorted(k for k in obj if k not in ("metadata", "status")))
+    return ("main", *names), tuple(obj[k] for k in names)
+
+
 class MemoValidator:
     """`validate(obj)` answers what `validate_object(obj, crd)` answers, reusing earlier work.
 
@@ -54,7 +62,11 @@ class MemoValidator:
         self.crd = crd
         self._spec_crd, self._status_crd = _without(crd, "status"), _without(crd, "spec")
         self._meta_crd = _without(self._spec_crd, "spec")
-        self._memo: OrderedDict[str, Any] = OrderedDict()
+        self._memo: OrderedDict[bytes, Any] = OrderedDict()
+        # (part name, ids of its values) -> (the values, result): most writes (kopf's annotation
+        # patches, status patches) share the stored object's spec and names, found here by
+        # identity without encoding them to look them up in `_memo`.
+        self._by_identity: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], Any]] = OrderedDict()
 
     def validate(self, obj: Any) -> ValidationResult:
         metadata = obj.get("metadata") if isinstance(obj, dict) else None
@@ -65,12 +77,20 @@ class MemoValidator:
         main = {**head, **{k: v for k, v in obj.items() if k not in ("metadata", "status")}, "metadata": {"name": "x"}}
         names = {**head, "metadata": {k: metadata[k] for k in CORE_METADATA if k in metadata}}
         try:
-            main_result = self._remember(["main", main], lambda: validate_object(main, self._spec_crd))
-            if main_result.errors:
-                return validate_object(obj, self.crd)  # an invalid spec: the full check, in its order
-            # The stored (defaulted) object is what later writes send back: it validates to itself.
-            self._remember(["main", main_result.obj], lambda: main_result)
-            name_result = self._remember(["name", names], lambda: validate_object(names, self._meta_crd))
+            main_result = self._identical(*_main_part(obj))
+            if main_result is None:
+                main_result = self._remember(["main", main], lambda: validate_object(main, self._spec_crd))
+                if main_result.errors:
+                    return validate_object(obj, self.crd)  # an invalid spec: the full check, in its order
+                # The stored (defaulted) object is what later writes send back: it validates to itself.
+                self._remember(["main", main_result.obj], lambda: main_result)
+                for shared in (_main_part(obj), _main_part(main_result.obj)):
+                    self._keep_identical(*shared, main_result)
+            name_values = (obj["apiVersion"], obj["kind"], *(metadata.get(k) for k in CORE_METADATA))
+            name_result = self._identical(("name",), name_values)
+            if name_result is None:
+                name_result = self._remember(["name", names], lambda: validate_object(names, self._meta_crd))
+                self._keep_identical(("name",), name_values, name_result)
             map_errors = self._remember(["maps", metadata.get("labels"), metadata.get("annotations")],
                                         lambda: _metadata_map_errors(metadata, self._meta_crd, obj))
             status_result = None
@@ -90,8 +110,22 @@ class MemoValidator:
                 del work["status"]
         return ValidationResult(list(dict.fromkeys(errors)), work)
 
+    def _identical(self, part: tuple[str, ...], values: tuple[Any, ...]) -> Any:
+        """The result kept for `part` of these very objects (`is`, not `==`), or None."""
+        key = (part, tuple(map(id, values)))
+        found = self._by_identity.get(key)
+        if found is None or not all(a is b for a, b in zip(found[0], values, strict=True)):
+            return None
+        self._by_identity.move_to_end(key)
+        return found[1]
+
+    def _keep_identical(self, part: tuple[str, ...], values: tuple[Any, ...], result: Any) -> None:
+        self._by_identity[(part, tuple(map(id, values)))] = (values, result)  # holding `values` keeps their ids
+        if len(self._by_identity) > MEMO_SIZE:
+            self._by_identity.popitem(last=False)
+
     def _remember(self, parts: list[Any], compute: Any) -> Any:
-        key = json.dumps(parts, sort_keys=True, allow_nan=False)
+        key = k8s_json.canonical(parts)
         found = self._memo.get(key)
         if found is None:
             found = compute()
