@@ -15,7 +15,6 @@ process it would share one interpreter lock with the clients creating the jobs.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import multiprocessing
 import os
@@ -99,9 +98,6 @@ def serve_emulator(workdir: str, workers: int, conn: Connection) -> None:
         profiler = cProfile.Profile()
         threading.setprofile(lambda *a: (threading.setprofile(None), profiler.enable()))  # type: ignore[func-returns-value]
     with EmulatedApiServer(Path(workdir)) as api:
-        # What start-up built (modules, the CRD and its schemas) lives as long as the process: a
-        # full collection that scans it again every few hundred requests only measures Python.
-        gc.freeze()
         progress = JobProgress(api, workers)
         conn.send((api.url, api.kubeconfig_path))
         while (command := conn.recv()) != "stop":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
@@ -78,7 +78,7 @@ class ChunkWriter:
     keep_alive: bool
     on_close: Callable[[], None] | None = None
     closed: bool = False
-    ended: bool = field(default=False)
+    ended: bool = False
 
     def write(self, data: bytes) -> None:
         if data and not self.closed and not self.ended:
@@ -263,11 +263,10 @@ class HttpProtocol(asyncio.Protocol):
 
 
 class HttpServer:
-    """Serves `handler` on 127.0.0.1 (a free port unless given) on the running loop."""
+    """Serves `handler` on a free port of 127.0.0.1, on the running loop."""
 
-    def __init__(self, handler: Handler, port: int = 0) -> None:
+    def __init__(self, handler: Handler) -> None:
         self.handler = handler
-        self.requested_port = port
         self.port = 0
         self.connections: set[HttpProtocol] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -275,7 +274,7 @@ class HttpServer:
     async def __aenter__(self) -> HttpServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: HttpProtocol(self.handler, self.connections),
-                                                "127.0.0.1", self.requested_port)
+                                                "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

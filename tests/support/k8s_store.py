@@ -203,7 +203,7 @@ class ObjectStore:
         per version, however many responses and watch events carry them."""
         if isinstance(body, dict) and isinstance(body.get("items"), list) and str(body.get("kind", "")).endswith("List"):
             head = k8s_json.dumps({k: v for k, v in body.items() if k != "items"})
-            items = b", ".join(self.index.encoded(obj) for obj in body["items"])
+            items = b",".join(self.index.encoded(obj) for obj in body["items"])
             return head[:-1] + (b',' if len(head) > 2 else b'') + b'"items":[' + items + b"]}"
         if isinstance(body, dict) and "metadata" in body:
             return self.index.encoded(body)

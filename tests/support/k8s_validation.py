@@ -77,15 +77,16 @@ class MemoValidator:
         main = {**head, **{k: v for k, v in obj.items() if k not in ("metadata", "status")}, "metadata": {"name": "x"}}
         names = {**head, "metadata": {k: metadata[k] for k in CORE_METADATA if k in metadata}}
         try:
-            main_result = self._identical(*_main_part(obj))
+            shared = _main_part(obj)
+            main_result = self._identical(*shared)
             if main_result is None:
                 main_result = self._remember(["main", main], lambda: validate_object(main, self._spec_crd))
                 if main_result.errors:
                     return validate_object(obj, self.crd)  # an invalid spec: the full check, in its order
                 # The stored (defaulted) object is what later writes send back: it validates to itself.
                 self._remember(["main", main_result.obj], lambda: main_result)
-                for shared in (_main_part(obj), _main_part(main_result.obj)):
-                    self._keep_identical(*shared, main_result)
+                for part in (shared, _main_part(main_result.obj)):
+                    self._keep_identical(*part, main_result)
             name_values = (obj["apiVersion"], obj["kind"], *(metadata.get(k) for k in CORE_METADATA))
             name_result = self._identical(("name",), name_values)
             if name_result is None:
