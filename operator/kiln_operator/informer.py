@@ -19,7 +19,6 @@ is ignored, and a recent deletion's version keeps a late offer from resurrecting
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .kube import ApiError, KubeClient, resource_path
+from .kube import ApiError, KubeClient, decode_json, resource_path
 
 log = logging.getLogger("kiln.operator")
 Key = tuple[str, str]  # (namespace, name)
@@ -229,6 +228,6 @@ class Informer(ObjectStore):
             if self._stop.is_set():
                 return
             if line.strip():
-                yield json.loads(line)
+                yield decode_json(line)
         if time.monotonic() - started < 1.0:
             self._stop.wait(RETRY_SECONDS)  # a watch that ends at once must not become a busy loop

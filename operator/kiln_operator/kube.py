@@ -17,6 +17,11 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import urllib3
+
+try:  # several times faster at decoding than the standard library: the operator reads every watch event
+    import orjson
+except ImportError:  # pragma: no cover - the operator extra installs it
+    orjson = None  # type: ignore[assignment]
 from kiln_api import GROUP_VERSION, KIND, PLURAL
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
@@ -55,13 +60,21 @@ class ApiError(Exception):
 MAX_ERROR_TEXT = 500
 
 
+def decode_json(data: bytes | str) -> Any:
+    """JSON from the API server; ValueError when it is not JSON. The API server's numbers are
+    int64 and float64, which orjson reads exactly (it would read a larger integer as a float)."""
+    if orjson is not None:
+        return orjson.loads(data)  # its JSONDecodeError is a ValueError
+    return json.loads(data)
+
+
 def _api_error(status: int, body: bytes | None) -> ApiError:
     """The ApiError for an error answer: reason and message from the body when it is a Status
     object, else the HTTP status's reason (CamelCase, as the API server's are) and the first
     MAX_ERROR_TEXT characters of the text (a proxy's HTML page, say, or nothing)."""
     text = (body or b"").decode(errors="replace")
     try:
-        payload = json.loads(text)
+        payload = decode_json(text)
     except ValueError:
         payload = None
     if isinstance(payload, dict):
@@ -155,7 +168,7 @@ class KubeClient:
         if response.status >= 400:
             raise _api_error(response.status, response.data)
         try:
-            payload = json.loads(response.data or b"{}")
+            payload = decode_json(response.data or b"{}")
         except ValueError:
             payload = {"message": response.data[:200].decode(errors="replace")}
         return payload

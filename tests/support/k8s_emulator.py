@@ -170,9 +170,10 @@ class KilnKubernetesEmulator:
         """The decoded body: JSON unless the client sent YAML (server-side apply, kubectl create)."""
         if not request.body:
             return None
-        text = request.body.decode("utf-8", errors="replace")
         try:
-            return parse_yaml_body(text) if "yaml" in request.content_type else k8s_json.loads(request.body)
+            if "yaml" in request.content_type:
+                return parse_yaml_body(request.body.decode("utf-8", errors="replace"))
+            return k8s_json.loads(request.body)
         except ValueError as exc:
             if "yaml" in request.content_type:
                 raise ApiError(400, "BadRequest", str(exc)) from None
@@ -299,6 +300,16 @@ class Watch:
         return self.emulator.state.event_line(event)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed: its transports and loop are compiled, about a fifth of the
+    emulator's CPU per request in pure-Python asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 class EmulatedApiServer:
     """Runs a `KilnKubernetesEmulator` on a free loopback port in a background thread."""
 
@@ -327,7 +338,8 @@ class EmulatedApiServer:
             self._thread.join(30)
 
     def _run(self) -> None:
-        asyncio.run(self._serve())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(self._serve())
 
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
