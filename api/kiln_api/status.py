@@ -80,11 +80,17 @@ class ProgressStatus(ApiModel):
     step: int = Field(0, ge=0, description="Optimizer steps taken.")
     samples_per_second: Optional[float] = Field(None, ge=0, description="Training throughput over the last epoch, all workers together.")
     eta_seconds: Optional[float] = Field(None, ge=0, description="Estimated time to the last epoch at the current pace.")
-    summary: str = Field("0/0", description="epoch/totalEpochs, for `kubectl get`.")
+    summary: str = Field("0/0", description="epoch/totalEpochs, for `kubectl get`; empty for a search (spec.search), whose trials count their own epochs.")
     data_placement: Optional[DataPlacementStatus] = Field(
         None, description="Where the workers keep the training split (spec.data.placement resolved): device or host; stream when the data is streamed with Ray Data (spec.data.loading)."
     )
     train_rows: Optional[int] = Field(None, ge=0, description="Rows in the training split (all workers together).")
+
+    @classmethod
+    def of_search(cls) -> ProgressStatus:
+        """A search's progress: no epoch count of its own (each trial has one), so `kubectl get`
+        leaves EPOCH empty and TRIALS tells how far it has got."""
+        return cls(summary="")
 
 
 class BestStatus(ApiModel):

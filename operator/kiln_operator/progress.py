@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kiln_api import Phase
+from kiln_api.status import ProgressStatus
 
 from . import pod_state
 from .objects.labels import HEAD, WORKER
@@ -40,9 +41,12 @@ def _unschedulable(ctx: Context) -> str | None:
 
 def _trainer_fields(ctx: Context, plan: Plan) -> None:
     """Copy the trainer's report; keep the last known values when the poll failed."""
-    if not (ctx.prev.get("progress") or {}).get("totalEpochs"):
+    spec = (ctx.pods_job or ctx.job).spec
+    if spec.search is not None:
+        plan.updates["progress"] = ProgressStatus.of_search().to_api()  # TRIALS, not EPOCH, tells how far it is
+    elif not (ctx.prev.get("progress") or {}).get("totalEpochs"):
         # Until the trainer reports, `kubectl get` shows 0/<epochs> rather than 0/0.
-        epochs = (ctx.pods_job or ctx.job).spec.hyperparameters.epochs
+        epochs = spec.hyperparameters.epochs
         plan.updates["progress"] = {"epoch": 0, "totalEpochs": epochs, "step": 0, "summary": f"0/{epochs}"}
     if ctx.obs.trainer_status is not None:
         plan.updates.update(training_fields(ctx.obs.trainer_status))

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from kiln_api import TrainingJob
 from kiln_api.search import TrialState
-from kiln_api.status import Phase, TrainingJobStatus
+from kiln_api.status import Phase, ProgressStatus, TrainingJobStatus
 from prometheus_client import Gauge
 
 from .driver import EXIT_FAILED, DriverOptions, short_error
@@ -60,7 +60,7 @@ class SearchProgress:
         self._trial_metrics: dict[str, KilnMetrics] = {}
         self.total = total_trials(search)
         self._lock = threading.Lock()
-        self._status = TrainingJobStatus(phase=Phase.running, reason="Searching",
+        self._status = TrainingJobStatus(phase=Phase.running, reason="Searching", progress=ProgressStatus.of_search(),
                                          message=f"{search.algorithm.value} search of {self.total} trials")
         self.final: Optional[TrainingJobStatus] = None
 

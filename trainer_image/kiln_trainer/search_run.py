@@ -24,7 +24,7 @@ from typing import Any, Optional, TextIO
 from kiln_api import TrainingJob
 from kiln_api.ray_memory import local_object_store_bytes
 from kiln_api.search import SearchSpec, TrialState
-from kiln_api.status import Phase, TrainingJobStatus
+from kiln_api.status import Phase, ProgressStatus, TrainingJobStatus
 from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from kiln_api.topology import GPU, TrainingTopology, training_topology
 from pydantic import ValidationError
@@ -351,7 +351,8 @@ def _conclude(job: TrainingJob, search: SearchSpec, records: list[TrialRecord], 
         value = document["best"]["value"]
         reason, message = "SearchSucceeded", f"best trial {best.trial}: {metric}={value:.4f}"
         phase, code = Phase.succeeded, EXIT_OK
-    status = TrainingJobStatus(phase=phase, reason=reason, message=message, best=best_status(search, records, checkpoints),
+    status = TrainingJobStatus(phase=phase, reason=reason, message=message, progress=ProgressStatus.of_search(),
+                               best=best_status(search, records, checkpoints),
                                search=search_status(search, records, total_trials(search), checkpoints))
     status.evaluation = report_status(os.path.join(out_dir, REPORT_FILE)) if best is not None else None
     write_bytes(os.path.join(out_dir, "status.json"), json.dumps(status_document(status), indent=2).encode())

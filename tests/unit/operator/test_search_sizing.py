@@ -49,3 +49,14 @@ def test_the_drivers_search_status_is_copied_and_a_malformed_one_dropped():
               "trials": []}
     assert training_fields({"search": search})["search"] == search
     assert "search" not in training_fields({"search": {"total": "many"}})
+
+
+def test_a_search_job_leaves_the_epoch_column_empty_from_the_start():
+    # Each trial counts its own epochs; TRIALS, not EPOCH, tells how far a search has got.
+    assert Cluster(manifest(SEARCH)).decide().status["progress"]["summary"] == ""
+    assert Cluster(manifest(None)).decide().status["progress"]["summary"] == "0/5"
+
+
+def test_a_search_drivers_empty_epoch_summary_is_kept():
+    progress = training_fields({"progress": {"epoch": 0, "totalEpochs": 0, "step": 0, "summary": ""}})["progress"]
+    assert progress["summary"] == ""

@@ -144,6 +144,8 @@ def test_each_trials_training_series_carry_its_trial_label_and_its_last_epoch():
     assert value("kiln_step_total", trial="t0") == 0.0
     assert value("kiln_epoch", trial="t1") is None  # a trial that has reported nothing has no series yet
     assert value("kiln_epoch") is None  # no series without a trial
+    # The trials count their own epochs: the search's EPOCH column stays empty, TRIALS counts.
+    assert progress.status_json()["progress"]["summary"] == ""
 
 
 def test_status_best_of_a_search_is_the_best_trials_best_epoch_with_its_checkpoint():
