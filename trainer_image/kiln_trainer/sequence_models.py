@@ -73,6 +73,8 @@ class RecurrentBackbone(nn.Module):
         h, mask = self.encoder(x)
         if mask is None:
             states, final = self.rnn(h)
+        elif self.directions == 1 and torch.onnx.is_in_onnx_export():
+            return self._padded_forward(h, mask)
         else:
             # Packed, each direction stops (or starts) at a row's last real token: the backward
             # direction never reads padding.
@@ -85,6 +87,17 @@ class RecurrentBackbone(nn.Module):
         final = final[0] if isinstance(final, tuple) else final  # LSTM: (h_n, c_n)
         # h_n is (layers * directions, batch, hidden): the top layer's directions side by side.
         return torch.cat(list(final[-self.directions:]), dim=-1)
+
+    def _padded_forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One direction run over the padded rows, for ONNX export: torch's exporter fails on a
+        packed single-layer LSTM or GRU. A forward state depends only on the positions before it,
+        so a real token's state is the one packing gives, and the padding after it changes nothing
+        that is read: the top layer's state at the last real token is h_n."""
+        states, _ = self.rnn(h)
+        if self.pooling == Pooling.mean:
+            return masked_mean(states, mask)
+        last = ((~mask).sum(dim=1) - 1).view(-1, 1, 1).expand(-1, 1, states.shape[-1])
+        return states.gather(1, last).squeeze(1)
 
 
 def sinusoidal_table(length: int, width: int) -> torch.Tensor:

@@ -46,12 +46,11 @@ def sequence_model(tmp_path: Path, arch: str) -> tuple[SavedModel, pd.DataFrame]
     return save_model(data, model, tmp_path / "model.pt"), frame
 
 
-def text_model(tmp_path: Path, arch: str) -> tuple[SavedModel, pd.DataFrame]:
+def text_model(tmp_path: Path, arch: str, **model_fields: object) -> tuple[SavedModel, pd.DataFrame]:
     frame = texts_csv(tmp_path / "texts.csv")
     data = {"source": str(tmp_path / "texts.csv"), "format": "text", "split": SPLIT,
             "text": {"vocabSize": 64, "maxLength": 12}}
-    # Two layers (the default): torch's ONNX exporter fails on a single packed recurrent layer.
-    model = {"architecture": arch, "hiddenSize": 8, "layers": 2, "heads": 2, "feedForward": 16}
+    model = {"architecture": arch, "hiddenSize": 8, "layers": 2, "heads": 2, "feedForward": 16, **model_fields}
     return save_model(data, model, tmp_path / "model.pt"), frame
 
 
@@ -99,6 +98,25 @@ def test_sequence_and_text_exports_match_pytorch_on_the_test_split(tmp_path, cap
     with torch.inference_mode():
         expected = saved.net(test_x).numpy()
     assert np.abs(run_export(str(target), fmt, test_x) - expected).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_a_single_layer_text_rnn_exports_to_onnx_and_matches_pytorch(tmp_path, capsys, arch, pooling):
+    # torch's ONNX exporter fails on a packed single-layer RNN: the export runs it over the padding.
+    pytest.importorskip("onnxruntime")
+    saved, _ = text_model(tmp_path, arch, layers=1, pooling=pooling)
+    target = tmp_path / "net.onnx"
+    assert main(["export", str(saved.path), "--format", "onnx", "--output", str(target)]) == 0, capsys.readouterr().err
+    with torch.inference_mode():
+        expected = saved.net(saved.bundle.test.x).numpy()
+    assert np.abs(run_export(str(target), "onnx", saved.bundle.test.x) - expected).max() <= TOLERANCE
+
+
+def test_a_bidirectional_single_layer_rnn_names_torchscript_when_onnx_cannot_export_it(tmp_path, capsys):
+    saved, _ = text_model(tmp_path, "lstm", layers=1, bidirectional=True)
+    assert main(["export", str(saved.path), "--format", "onnx", "--output", str(tmp_path / "net.onnx")]) == 2
+    assert "--format torchscript can" in capsys.readouterr().err
 
 
 def test_windows_of_grouped_series_name_their_series_and_last_row(tmp_path, capsys):
