@@ -15,7 +15,7 @@ from typing import Any
 from kiln_api import TrainingJob
 
 from .evaluation import SUM_FIELDS, all_reduce_sum, metrics_from_sums, split_sums
-from .evaluation_run import evaluate_test_split
+from .evaluation_run import SplitPredictions, evaluate_test_split
 from .gpu_sampler import gpu_sampling
 from .model_trainer import ModelTrainer
 from .worker import RunPaths, WorkerEnv
@@ -75,10 +75,12 @@ def finish(trainer: ModelTrainer) -> dict[str, Any]:
     if outcome != "interrupted":
         final_state = trainer.final_model_state()
         trainer.model.load_state_dict(final_state)
+        test = SplitPredictions(trainer.data.task)  # the report's predictions, from the same pass as the metrics
         sums = split_sums(trainer.model, trainer.data.test, rank=0, world_size=1, batch_size=trainer.eval_batch_size,
-                          device=env.device, task=trainer.data.task, loss_fn=trainer.loss_fn, autocast=trainer.autocast)
+                          device=env.device, task=trainer.data.task, loss_fn=trainer.loss_fn, autocast=trainer.autocast,
+                          collect=test.add)
         result["metrics"] = metrics_from_sums(sums, "test", trainer.data.task, trainer.data.target_std)
         trainer.save_final_model(final_state)
-        result["evaluation"] = evaluate_test_split(trainer)
+        result["evaluation"] = evaluate_test_split(trainer, test)
     core.emit_finished(result["metrics"], model_path=trainer.paths.model_path, evaluation=result.get("evaluation"))
     return result

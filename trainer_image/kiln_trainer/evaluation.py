@@ -97,8 +97,10 @@ def split_sums(
     task: str,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     autocast: Callable[[], Any],
+    collect: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
 ) -> list[float]:
-    """This rank's sums over its slice of `dataset` (zeros when there is no such split).
+    """This rank's sums over its slice of `dataset` (zeros when there is no such split); `collect`
+    also gets each batch's (outputs, targets), so a report needs no second pass over the split.
 
     The sums stay on the device until the end: one host sync per split, not a few per batch.
     Each is accumulated in float64 in the same order as Python floats would be, so the
@@ -113,6 +115,8 @@ def split_sums(
         with autocast():
             out = model(x)
         out = out.float()
+        if collect is not None:
+            collect(out, y)
         n = len(y)
         sums[0] += loss_fn(out, y).double() * n
         sums[2] += n

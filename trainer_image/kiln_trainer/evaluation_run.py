@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from kiln_api.status import StatusEvaluation
 from pydantic import ValidationError
-from torch import nn
-from torch.utils.data import Dataset
 
 from .checkpoint_fence import StaleWriter
-from .evaluation import CLASSIFICATION, eval_batches
+from .evaluation import CLASSIFICATION
 from .evaluation_plots import CONFUSION_MATRIX_PNG, RESIDUALS_PNG
 from .worker import write_bytes
 
@@ -30,31 +27,30 @@ REPORT_FILES = (REPORT_FILE, CONFUSION_MATRIX_PNG, RESIDUALS_PNG)  # what a repo
 MAX_REPORT_BYTES = 64 << 20  # 1000 classes' confusion matrix and 16 x 100 slices fit easily
 
 
-@torch.no_grad()
-def predictions(model: nn.Module, dataset: Dataset, *, batch_size: int, device: torch.device, task: str,
-                autocast: Callable[[], Any], target_mean: float = 0.0,
-                target_std: float = 1.0) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """(y_true, y_pred, probabilities) over the whole split in its order: class indices and softmax
-    probabilities for classification, values in the target's units for regression (no probabilities)."""
-    was_training = model.training
-    model.eval()
-    truths: list[torch.Tensor] = []
-    outputs: list[torch.Tensor] = []
-    for x, y in eval_batches(dataset, 0, 1, batch_size):
-        with autocast():
-            out = model(x.to(device, non_blocking=True))
-        out = out.float()
-        outputs.append((torch.softmax(out, dim=1) if task == CLASSIFICATION else out).cpu())
-        truths.append(y.cpu())
-    model.train(was_training)
-    y_true, out = torch.cat(truths).numpy(), torch.cat(outputs).numpy()
-    if task == CLASSIFICATION:
-        return y_true.astype(np.int64), out.argmax(axis=1), out
-    # The model learnt standardised targets (data/loaders.py): back to the target's units.
-    y_true, y_pred = y_true * target_std + target_mean, out * target_std + target_mean
-    if y_pred.ndim == 2 and y_pred.shape[1] == 1:
-        y_true, y_pred = y_true.reshape(-1), y_pred.reshape(-1)
-    return y_true.astype(np.float64), y_pred.astype(np.float64), None
+class SplitPredictions:
+    """The model's outputs over the test split in its order, gathered by the pass that computes the
+    test metrics (builtin_run.finish: `split_sums(..., collect=add)`), so the split is read once."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self._truths: list[torch.Tensor] = []
+        self._outputs: list[torch.Tensor] = []
+
+    def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        self._outputs.append((torch.softmax(out.float(), dim=1) if self.task == CLASSIFICATION else out.float()).cpu())
+        self._truths.append(y.cpu())
+
+    def arrays(self, target_mean: float = 0.0, target_std: float = 1.0) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """(y_true, y_pred, probabilities): class indices and softmax probabilities for classification,
+        values in the target's units for regression (no probabilities)."""
+        y_true, out = torch.cat(self._truths).numpy(), torch.cat(self._outputs).numpy()
+        if self.task == CLASSIFICATION:
+            return y_true.astype(np.int64), out.argmax(axis=1), out
+        # The model learnt standardised targets (data/loaders.py): back to the target's units.
+        y_true, y_pred = y_true * target_std + target_mean, out * target_std + target_mean
+        if y_pred.ndim == 2 and y_pred.shape[1] == 1:
+            y_true, y_pred = y_true.reshape(-1), y_pred.reshape(-1)
+        return y_true.astype(np.float64), y_pred.astype(np.float64), None
 
 
 def beside(model_path: str, name: str) -> str:
@@ -90,9 +86,10 @@ def summary_line(summary: dict[str, Any]) -> str:
     return text
 
 
-def evaluate_test_split(trainer: Any) -> Optional[dict[str, Any]]:
-    """Rank 0, after model.pt is written: the report of the kept weights on the test split, written
-    beside the model; returns status.evaluation's content, or None without a test split.
+def evaluate_test_split(trainer: Any, test: SplitPredictions) -> Optional[dict[str, Any]]:
+    """Rank 0, after model.pt is written: the report of the kept weights' predictions on the test
+    split (`test`), written beside the model; returns status.evaluation's content, or None without
+    a test split.
 
     A report that cannot be made is logged, not raised: the trained model is already saved, and a
     long run must not end Failed over its report."""
@@ -100,7 +97,7 @@ def evaluate_test_split(trainer: Any) -> Optional[dict[str, Any]]:
     if data.test is None:
         return None
     try:
-        return _evaluate(trainer)
+        return _evaluate(trainer, test)
     except StaleWriter:  # another driver owns the storage now: stop as model.pt's write would
         raise
     except Exception:  # noqa: BLE001 - see the docstring
@@ -108,13 +105,11 @@ def evaluate_test_split(trainer: Any) -> Optional[dict[str, Any]]:
         return None
 
 
-def _evaluate(trainer: Any) -> Optional[dict[str, Any]]:
+def _evaluate(trainer: Any, test: SplitPredictions) -> Optional[dict[str, Any]]:
     from .evaluation_report import build_report, status_summary
 
-    data, env, spec = trainer.data, trainer.env, trainer.job.spec.evaluation
-    y_true, y_pred, proba = predictions(trainer.model, data.test, batch_size=trainer.eval_batch_size, device=env.device,
-                                        task=data.task, autocast=trainer.autocast, target_mean=data.target_mean,
-                                        target_std=data.target_std)
+    data, spec = trainer.data, trainer.job.spec.evaluation
+    y_true, y_pred, proba = test.arrays(target_mean=data.target_mean, target_std=data.target_std)
     if not np.isfinite(y_pred if proba is None else proba).all():  # a diverged model: nothing to measure
         log.warning("no evaluation report: the model's test predictions are not finite")
         return None
