@@ -123,7 +123,8 @@ def test_trainer_image_is_cuda_pytorch_with_ray_train_and_the_trainer_extra() ->
     instructions = parse(text)
     assert re.search(r"pytorch/pytorch:[\d.]+-cuda12\.\d+-cudnn9-runtime", text)
     installs = " ".join(i.args for i in instructions if i.keyword == "RUN" and "pip install" in i.args)
-    assert "ray[train]==${RAY_VERSION}" in installs and "[trainer]" in installs
+    # s3: the s3:// checkpoint storage and data the README offers need fsspec's S3 filesystem (s3fs).
+    assert "ray[train]==${RAY_VERSION}" in installs and "[trainer,s3]" in installs
     env = " ".join(i.args for i in instructions if i.keyword == "ENV")
     assert "NCCL_DEBUG=" in env and "NCCL_SOCKET_IFNAME=" in env
     assert [i.args for i in instructions if i.keyword == "USER"][-1] == "1000:1000"
