@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=_cmd_inspect)
 
     predict = sub.add_parser("predict", help="predict with a trained model.pt on new data (CSV, parquet, images)")
-    predict.add_argument("model", help="the model.pt a run wrote")
-    predict.add_argument("data", help="a CSV/parquet file (table, sequence and text models) or an image file or folder")
+    predict.add_argument("model", help="the model.pt a run wrote (a path, pvc://, or s3:// with kiln[s3])")
+    predict.add_argument("data", help="a CSV/parquet file (table, sequence and text models) or an image file or folder "
+                         "(a path, pvc://, or s3:// with kiln[s3])")
     predict.add_argument("--output", metavar="FILE", help="write the predictions here (.csv, or .parquet); default: CSV on stdout")
     predict.add_argument("--device", default="cpu", help="torch device to run on (default: cpu; e.g. cuda, cuda:1)")
     predict.add_argument("--batch-size", type=int, default=1024, help="rows per forward pass (default: 1024)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .data.errors import SpecError
 from .models import KilnModel, build_model
+from .storage import filesystem, resolve_location
 
 FORMAT = "kiln-model"
 VERSION = 1
@@ -152,14 +152,22 @@ def artifact_bytes(state: dict[str, torch.Tensor], metadata: ModelMetadata) -> b
 
 
 def read_artifact(path: str) -> ModelArtifact:
-    """Load and validate a model.pt written by `artifact_bytes`; every failure is an ArtifactError."""
-    if not os.path.isfile(path):
+    """Load and validate a model.pt written by `artifact_bytes` from a path, pvc:// or an object
+    store's URL (s3://, through fsspec); every failure is an ArtifactError."""
+    try:
+        fs, located = filesystem(resolve_location(path))
+        size = fs.size(located) if fs.isfile(located) else None
+    except ValueError as exc:
+        raise ArtifactError("model", str(exc)) from None
+    except OSError as exc:  # an object store that cannot be reached, or refuses
+        raise ArtifactError("model", f"{path}: {exc}") from None
+    if size is None:
         raise ArtifactError("model", f"{path}: no such file")
-    size = os.path.getsize(path)
     if size > MAX_MODEL_BYTES:
         raise ArtifactError("model", f"{path}: {size} bytes is larger than a model file may be ({MAX_MODEL_BYTES})")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with fs.open(located, "rb") as handle:  # seekable: torch reads the archive's records where they lie
+            loaded = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling raises many types; all mean "not a safe model file"
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ArtifactError("model", f"{path}: not a Kiln model file (it cannot be read as plain tensors: {reason})") from exc

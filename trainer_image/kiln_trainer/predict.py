@@ -1,4 +1,5 @@
 """`kiln predict MODEL DATA`: a saved model.pt on new raw data, batch by batch, on the CPU by default.
+Both are read through fsspec: local paths, pvc:// (mapped as `kiln run` maps it) or object stores.
 
 The model's recipe (model_artifact.py, data/inference.py) turns raw rows into inputs: a CSV or
 parquet table for a table model (its columns by name, in any order; others ignored), an image
@@ -15,9 +16,10 @@ import importlib
 import io
 import itertools
 import os
+import posixpath
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, Optional, TextIO
+from typing import IO, Any, Optional, TextIO
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,7 @@ from .data.errors import DataError, SpecError
 from .data.images import IMAGE_SUFFIXES
 from .data.inference import IMAGE_FORMAT, TABLE_FORMAT, check_recipe, image_inputs, table_inputs
 from .model_artifact import ModelArtifact, read_artifact
+from .storage import filesystem, resolve_location
 
 DEFAULT_BATCH_SIZE = 1024
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -127,11 +130,12 @@ def input_chunks(artifact: ModelArtifact, data: str, batch_size: int) -> Iterato
     inference = artifact.metadata.inference
     kind = inference.get("format")
     check_recipe(inference, artifact.path)
-    if not os.path.exists(data):
+    fs, located = data_filesystem(data)
+    if not fs.exists(located):
         raise DataError("data", f"{data}: no such file or directory")
     if kind == IMAGE_FORMAT:
-        return _image_chunks(inference, image_files(data), data if os.path.isdir(data) else os.path.dirname(data),
-                             batch_size)
+        base = located if fs.isdir(located) else posixpath.dirname(located)
+        return _image_chunks(inference, fs, image_files(data), base, batch_size)
     if kind == TABLE_FORMAT:
         return ((pd.DataFrame(), table_inputs(inference, frame, source=data)) for frame in read_table(data, batch_size))
     if kind in DELEGATED_FORMATS:
@@ -180,21 +184,32 @@ def _delegate(kind: str) -> Callable[[dict[str, Any], pd.DataFrame], torch.Tenso
     return fn
 
 
+def data_filesystem(data: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path) for the data: a local path, pvc:// (as `kiln run` maps it) or an
+    object store's URL such as s3:// (its fsspec package, s3fs, installed)."""
+    try:
+        return filesystem(resolve_location(data))
+    except ValueError as exc:
+        raise DataError("data", str(exc)) from None
+
+
 def read_table(data: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
     """A CSV/TSV or parquet file in chunks of `chunk_rows` (None: whole)."""
-    if os.path.isdir(data):
+    fs, located = data_filesystem(data)
+    if fs.isdir(located):
         raise DataError("data", f"{data} is a directory; this model predicts on a CSV or parquet file")
     lower = data.lower()
     try:
-        if lower.endswith(PARQUET_SUFFIXES):
-            yield from _parquet_chunks(data, chunk_rows)
-            return
-        sep = "\t" if lower.endswith(".tsv") else ","
-        if chunk_rows is None:
-            yield pd.read_csv(data, sep=sep)
-            return
-        with pd.read_csv(data, sep=sep, chunksize=chunk_rows) as reader:
-            yield from reader
+        with fs.open(located, "rb") as handle:
+            if lower.endswith(PARQUET_SUFFIXES):
+                yield from _parquet_chunks(handle, data, chunk_rows)
+                return
+            sep = "\t" if lower.endswith(".tsv") else ","
+            if chunk_rows is None:
+                yield pd.read_csv(handle, sep=sep)
+                return
+            with pd.read_csv(handle, sep=sep, chunksize=chunk_rows) as reader:
+                yield from reader
     except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         if isinstance(exc, SpecError):
             raise
@@ -202,47 +217,47 @@ def read_table(data: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
         raise DataError("data", f"{data}: cannot read it as {kind}: {str(exc).strip()[:300]}") from exc
 
 
-def _parquet_chunks(data: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
+def _parquet_chunks(source: IO[bytes], data: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
     import pyarrow
     import pyarrow.parquet as pq
 
     try:
-        handle = pq.ParquetFile(data)
+        parquet = pq.ParquetFile(source)
         if chunk_rows is None:
-            yield handle.read().to_pandas()
+            yield parquet.read().to_pandas()
             return
-        for batch in handle.iter_batches(batch_size=chunk_rows):
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
             yield batch.to_pandas()
     except pyarrow.ArrowException as exc:
         raise DataError("data", f"{data}: cannot read it as parquet: {str(exc).strip()[:300]}") from exc
 
 
 def image_files(data: str) -> list[str]:
-    """One image file, or every image under a folder (recursively, sorted)."""
-    if os.path.isfile(data):
-        if not data.lower().endswith(IMAGE_SUFFIXES):
+    """One image file, or every image under a folder (recursively, sorted), as paths of the data's
+    filesystem (data_filesystem)."""
+    fs, located = data_filesystem(data)
+    if fs.isfile(located):
+        if not located.lower().endswith(IMAGE_SUFFIXES):
             raise DataError("data", f"{data}: this model predicts on images ({', '.join(IMAGE_SUFFIXES)}) "
                             "or a folder of them")
-        return [data]
-    found = sorted(os.path.join(root, name) for root, _, names in os.walk(data) for name in names
-                   if name.lower().endswith(IMAGE_SUFFIXES))
+        return [located]
+    found = sorted(path for path in fs.find(located) if path.lower().endswith(IMAGE_SUFFIXES))
     if not found:
         raise DataError("data", f"{data}: no image files ({', '.join(IMAGE_SUFFIXES)}) under it")
     return found
 
 
-def _image_chunks(inference: dict[str, Any], files: list[str], base: str, batch_size: int) -> Iterator[Chunk]:
+def _image_chunks(inference: dict[str, Any], fs: Any, files: list[str], base: str, batch_size: int) -> Iterator[Chunk]:
     for start in range(0, len(files), batch_size):
         paths = files[start:start + batch_size]
-        images = [_decode(path) for path in paths]
-        yield pd.DataFrame({"path": [os.path.relpath(p, base) for p in paths]}), image_inputs(inference, images)
+        images = [_decode(fs, path) for path in paths]
+        yield pd.DataFrame({"path": [posixpath.relpath(p, base) for p in paths]}), image_inputs(inference, images)
 
 
-def _decode(path: str) -> Image.Image:
+def _decode(fs: Any, path: str) -> Image.Image:
     try:
-        with open(path, "rb") as handle:
-            img = Image.open(io.BytesIO(handle.read()))
-            img.load()
+        img = Image.open(io.BytesIO(fs.cat_file(path)))
+        img.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError("data", f"cannot decode image {path}: {exc}") from exc
     return img

@@ -51,6 +51,17 @@ def open_file(location: str, mode: str = "rb") -> Iterator[IO[Any]]:
             yield handle
 
 
+def filesystem(location: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path) for a resolved location: the local filesystem for a path. ValueError
+    naming the location when this machine has no filesystem for its scheme (s3fs not installed)."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(location)
+    except (ImportError, ValueError) as exc:
+        raise ValueError(f"{location}: cannot open it here ({exc})") from None
+
+
 def exists(location: str) -> bool:
     """Whether a resolved location (file or directory) exists."""
     if is_remote(location):

@@ -164,3 +164,61 @@ def test_a_damaged_input_recipe_is_refused_before_predicting(classifier, tmp_pat
     rewrite_metadata(saved.path, lambda loaded, document: change(document["inference"]))
     code, _, err = predict(capsys, saved.path, tmp_path / "t.csv")
     assert code == 2 and message in err and "Traceback" not in err, err
+
+
+@pytest.fixture
+def object_store(tmp_path: Path):
+    """fsspec's in-memory filesystem (a real fsspec implementation, as s3fs is one): `copy(local, key)`
+    uploads a file or a folder and returns its memory:// URL."""
+    import uuid
+
+    import fsspec
+
+    fs, root = fsspec.filesystem("memory"), f"/kiln-test-{uuid.uuid4().hex}"
+
+    def copy(local: Path, key: str) -> str:
+        if local.is_dir():
+            for path in local.rglob("*"):
+                if path.is_file():
+                    fs.pipe_file(f"{root}/{key}/{path.relative_to(local).as_posix()}", path.read_bytes())
+        else:
+            fs.pipe_file(f"{root}/{key}", local.read_bytes())
+        return f"memory://{root}/{key}"
+
+    yield copy
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_model_and_a_table_in_an_object_store_predict_as_local_files_do(classifier, tmp_path, capsys, object_store, suffix):
+    saved, frame, _ = classifier
+    table = tmp_path / f"rows{suffix}"
+    frame.to_parquet(table) if suffix == ".parquet" else frame.to_csv(table, index=False)
+    local = predict(capsys, saved.path, table)
+    remote = predict(capsys, object_store(saved.path, "job/model.pt"), object_store(table, f"new/rows{suffix}"))
+    assert remote[0] == 0 and remote[1] == local[1] and f"{len(frame)} predictions" in remote[2], remote[2]
+
+
+def test_an_image_folder_in_an_object_store_predicts_as_a_local_one(tmp_path, capsys, object_store):
+    folder = write_image_folder(tmp_path / "images", per_class=3, size=10)
+    data = {"source": str(folder), "imageSize": 8, "split": {"train": 0.6, "validation": 0.2, "test": 0.2, "seed": 0}}
+    saved = save_model(data, CNN, tmp_path / "model.pt")
+    local = predict(capsys, saved.path, folder)
+    remote = predict(capsys, object_store(saved.path, "model.pt"), object_store(folder, "images"))
+    assert remote[0] == 0 and remote[1] == local[1], remote[2]
+    assert sorted(pd.read_csv(io.StringIO(remote[1]))["path"]) == sorted(f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3))
+
+
+def test_missing_objects_and_filesystems_are_named_without_a_traceback(classifier, tmp_path, capsys, object_store):
+    saved, _, _ = classifier
+    model = object_store(saved.path, "model.pt")
+    cases = [((model.replace("model.pt", "absent.pt"), tmp_path / "t.csv"), "absent.pt: no such file"),
+             ((model, model.replace("model.pt", "absent.csv")), "absent.csv: no such file")]
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:  # the S3 filesystem's package is an extra (kiln[s3]): say what is missing
+        cases.append((("s3://bucket/model.pt", tmp_path / "t.csv"), "s3fs"))
+    for args, message in cases:
+        code, _, err = predict(capsys, *args)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
