@@ -1,6 +1,7 @@
-"""JSON for the emulated API server: orjson (several times faster both ways), with the standard
-library where orjson refuses what a real API server takes (integers beyond 64 bits). NaN and
-the infinities are not JSON, and a real API server refuses them: so does `loads`."""
+"""JSON for the emulated API server: orjson (several times faster both ways). `dumps` falls back to
+the standard library where orjson refuses (integers beyond 64 bits); `loads` reads such an integer
+as a float, as orjson does (Kubernetes' typed fields are int64). NaN and the infinities are not
+JSON, and a real API server refuses them: so does `loads`."""
 
 from __future__ import annotations
 
