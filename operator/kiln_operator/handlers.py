@@ -18,6 +18,7 @@ Retrying change handlers forever would double the timer's work and churn kopf's 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import secrets
@@ -203,7 +204,9 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.create(*RESOURCE, registry=registry)
     @kopf.on.update(*RESOURCE, field="spec", registry=registry)
     @kopf.on.resume(*RESOURCE, registry=registry)
-    def on_change(namespace: str, name: str, **_: Any) -> None:
+    def on_change(body: Any, namespace: str, name: str, **_: Any) -> None:
+        if runtime.caches is not None:  # the change kopf saw, even if the informer has not yet
+            runtime.caches.observed(copy.deepcopy({**body, "kind": KIND, "apiVersion": f"{API_GROUP}/{API_VERSION}"}))
         _run(runtime, namespace, name, requeue=True)
 
     # The first tick waits a full interval: create and resume already reconcile a job at once,
@@ -226,6 +229,10 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             return  # the last reconcile already saw this very version of the pod
         if type == "ADDED" and runtime.caches is not None and runtime.caches.written_by_operator("Pod", namespace, pod_name, version):
             return  # the operator's own create: the reconcile that made it knew
+        if runtime.caches is not None and type != "DELETED":
+            # kopf's watch can deliver this version before the informer's does: the reconcile must
+            # read it, or it would remember the older version as seen and wait for the timer.
+            runtime.caches.observed(copy.deepcopy({**body, "kind": "Pod", "apiVersion": "v1"}))  # not kopf's own dicts
         if not gate.claim_queue_slot():
             return  # a reconcile is already waiting for the lock; it will read this change
         try:

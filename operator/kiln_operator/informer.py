@@ -77,17 +77,27 @@ class ObjectStore:
 
     def offer(self, obj: dict[str, Any]) -> None:
         """An object as the operator's own write left it: kept if newer than what is known."""
+        self._keep_if_newer(obj, written=True)
+
+    def observe(self, obj: dict[str, Any]) -> None:
+        """An object as another watch delivered it (kopf's, whose event starts a reconcile before
+        this informer's own event for the same change may have arrived): kept if newer than what
+        is known, so that reconcile cannot read an older version here."""
+        self._keep_if_newer(obj, written=False)
+
+    def _keep_if_newer(self, obj: dict[str, Any], *, written: bool) -> None:
         offered = version(obj)
         if offered is None:
             return
         key = object_key(obj)
         with self._lock:
-            self._offered[key] = offered
+            if written:
+                self._offered[key] = offered
             known = self._objects.get(key)
             if known is not None and (version(known) or 0) >= offered:
                 return
             if self._tombstones.get(key, -1) >= offered:
-                return  # deleted since this write: the watch was faster than the write's answer
+                return  # deleted since: this informer's watch was faster
             self._store(key, obj)
 
     def written_by_operator(self, namespace: str, name: str, resource_version: str | None) -> bool:

@@ -34,16 +34,26 @@ def versions(store: ObjectStore) -> dict[str, str | None]:
         ([("ADDED", "5"), ("DELETED", "8"), ("ADDED", "10")], {"p": "10"}),  # created again
         ([("offer", "abc")], {}),  # a version that is not an integer is not offered
         ([("ADDED", "abc"), ("MODIFIED", "xyz")], {"p": "xyz"}),  # the watch alone still works
+        ([("ADDED", "5"), ("observe", "7")], {"p": "7"}),  # kopf's event ahead of this watch's
+        ([("observe", "7"), ("MODIFIED", "7")], {"p": "7"}),
+        ([("MODIFIED", "9"), ("observe", "7")], {"p": "9"}),  # kopf's event behind this watch's
+        ([("ADDED", "5"), ("DELETED", "8"), ("observe", "6")], {}),  # no ghost from a late event
     ],
 )
 def test_the_store_keeps_the_newest_version_it_has_seen(steps: list[tuple[str, str]], expected: dict[str, str]) -> None:
     store = ObjectStore("kiln.dev/job-name")
     for step, version in steps:
-        if step == "offer":
-            store.offer(obj("p", version))
+        if step in ("offer", "observe"):
+            getattr(store, step)(obj("p", version))
         else:
             store.apply_event(step, obj("p", version))
     assert versions(store) == expected
+
+
+def test_an_observed_version_is_not_taken_for_the_operators_own_write() -> None:
+    store = ObjectStore(JOB_LABEL)
+    store.observe(obj("p", "5"))
+    assert not store.written_by_operator("ns", "p", "5")
 
 
 def test_a_relabelled_object_moves_between_groups() -> None:
