@@ -97,11 +97,12 @@ class OperatorCaches:
         if informer is not None:
             informer.offer(obj)
 
-    def observed(self, obj: dict[str, Any]) -> None:
-        """An object as kopf's watch delivered it: the reconcile its event starts reads at least that version."""
+    def observed(self, obj: dict[str, Any], deleted: bool = False) -> None:
+        """An object as kopf's watch delivered it (or its deletion): the reconcile its event starts
+        reads at least that state."""
         informer = self._informer(str(obj.get("kind") or ""), object_key(obj)[0])
         if informer is not None:
-            informer.observe(obj)
+            informer.observe(obj, deleted)
 
     def written_by_operator(self, kind: str, namespace: str, name: str, resource_version: str | None) -> bool:
         """True for the version of a child the operator's own write produced: its watch event

@@ -229,10 +229,11 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             return  # the last reconcile already saw this very version of the pod
         if type == "ADDED" and runtime.caches is not None and runtime.caches.written_by_operator("Pod", namespace, pod_name, version):
             return  # the operator's own create: the reconcile that made it knew
-        if runtime.caches is not None and type != "DELETED":
+        if runtime.caches is not None:
             # kopf's watch can deliver this version before the informer's does: the reconcile must
             # read it, or it would remember the older version as seen and wait for the timer.
-            runtime.caches.observed(copy.deepcopy({**body, "kind": "Pod", "apiVersion": "v1"}))  # not kopf's own dicts
+            pod = copy.deepcopy({**body, "kind": "Pod", "apiVersion": "v1"})  # not kopf's own dicts
+            runtime.caches.observed(pod, deleted=type == "DELETED")
         if not gate.claim_queue_slot():
             return  # a reconcile is already waiting for the lock; it will read this change
         try:

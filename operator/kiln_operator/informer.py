@@ -79,11 +79,20 @@ class ObjectStore:
         """An object as the operator's own write left it: kept if newer than what is known."""
         self._keep_if_newer(obj, written=True)
 
-    def observe(self, obj: dict[str, Any]) -> None:
+    def observe(self, obj: dict[str, Any], deleted: bool = False) -> None:
         """An object as another watch delivered it (kopf's, whose event starts a reconcile before
         this informer's own event for the same change may have arrived): kept if newer than what
-        is known, so that reconcile cannot read an older version here."""
-        self._keep_if_newer(obj, written=False)
+        is known, or forgotten if `deleted` and what is known is no newer, so that reconcile cannot
+        read an older state here."""
+        if not deleted:
+            self._keep_if_newer(obj, written=False)
+            return
+        gone = version(obj)
+        key = object_key(obj)
+        with self._lock:
+            known = self._objects.get(key)
+            if gone is not None and known is not None and (version(known) or 0) <= gone:
+                self._forget(key, gone)
 
     def _keep_if_newer(self, obj: dict[str, Any], *, written: bool) -> None:
         offered = version(obj)

@@ -38,6 +38,9 @@ def versions(store: ObjectStore) -> dict[str, str | None]:
         ([("observe", "7"), ("MODIFIED", "7")], {"p": "7"}),
         ([("MODIFIED", "9"), ("observe", "7")], {"p": "9"}),  # kopf's event behind this watch's
         ([("ADDED", "5"), ("DELETED", "8"), ("observe", "6")], {}),  # no ghost from a late event
+        ([("ADDED", "5"), ("observe-deleted", "8")], {}),  # kopf saw the deletion first
+        ([("ADDED", "5"), ("observe-deleted", "8"), ("DELETED", "8")], {}),
+        ([("ADDED", "9"), ("observe-deleted", "8")], {"p": "9"}),  # created again since that deletion
     ],
 )
 def test_the_store_keeps_the_newest_version_it_has_seen(steps: list[tuple[str, str]], expected: dict[str, str]) -> None:
@@ -45,6 +48,8 @@ def test_the_store_keeps_the_newest_version_it_has_seen(steps: list[tuple[str, s
     for step, version in steps:
         if step in ("offer", "observe"):
             getattr(store, step)(obj("p", version))
+        elif step == "observe-deleted":
+            store.observe(obj("p", version), deleted=True)
         else:
             store.apply_event(step, obj("p", version))
     assert versions(store) == expected
