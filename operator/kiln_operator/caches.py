@@ -101,8 +101,8 @@ class OperatorCaches:
         """An object as kopf's watch delivered it (or its deletion): the reconcile its event starts
         reads at least that state."""
         informer = self._informer(str(obj.get("kind") or ""), object_key(obj)[0])
-        if informer is not None:
-            informer.observe(obj, deleted)
+        if informer is not None:  # a copy of what is kept: kopf's own dicts stay kopf's
+            informer.observe(copy.deepcopy(informer.transform(obj) if informer.transform else obj), deleted)
 
     def written_by_operator(self, kind: str, namespace: str, name: str, resource_version: str | None) -> bool:
         """True for the version of a child the operator's own write produced: its watch event

@@ -18,7 +18,6 @@ Retrying change handlers forever would double the timer's work and churn kopf's 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import secrets
@@ -206,7 +205,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.resume(*RESOURCE, registry=registry)
     def on_change(body: Any, namespace: str, name: str, **_: Any) -> None:
         if runtime.caches is not None:  # the change kopf saw, even if the informer has not yet
-            runtime.caches.observed(copy.deepcopy({**body, "kind": KIND, "apiVersion": f"{API_GROUP}/{API_VERSION}"}))
+            runtime.caches.observed({**body, "kind": KIND, "apiVersion": f"{API_GROUP}/{API_VERSION}"})
         _run(runtime, namespace, name, requeue=True)
 
     # The first tick waits a full interval: create and resume already reconcile a job at once,
@@ -232,8 +231,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         if runtime.caches is not None:
             # kopf's watch can deliver this version before the informer's does: the reconcile must
             # read it, or it would remember the older version as seen and wait for the timer.
-            pod = copy.deepcopy({**body, "kind": "Pod", "apiVersion": "v1"})  # not kopf's own dicts
-            runtime.caches.observed(pod, deleted=type == "DELETED")
+            runtime.caches.observed({**body, "kind": "Pod", "apiVersion": "v1"}, deleted=type == "DELETED")
         if not gate.claim_queue_slot():
             return  # a reconcile is already waiting for the lock; it will read this change
         try:

@@ -12,9 +12,11 @@ server as before. A child missing from an unsynced cache would otherwise look de
 the job would be failed or restarted for it.
 
 The operator's own writes are offered to the cache (`offer`) so that the next reconcile sees
-what the last one created before the watch brings it back. resourceVersions are compared as
-integers (what every etcd-backed API server sends); an offer whose version is not an integer
-is ignored, and a recent deletion's version keeps a late offer from resurrecting the object.
+what the last one created before the watch brings it back, and what kopf's own watches deliver
+is observed (`observe`) so that the reconcile kopf's event starts reads at least that version.
+resourceVersions are compared as integers (what every etcd-backed API server sends); an object
+whose version is not an integer is not taken from either, and neither a recent deletion's
+version nor the last list (which did not hold the object) lets a late one resurrect it.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ def object_key(obj: dict[str, Any]) -> Key:
 class ObjectStore:
     """Objects by (namespace, name), grouped by one label, never older than what was seen last.
 
-    Both the watch and the operator's own writes feed it; whichever carries the higher
-    resourceVersion wins, so an offer that overtook its watch event is not undone by it.
+    The watch, the operator's own writes and kopf's events feed it; whichever carries the higher
+    resourceVersion wins, so an offer or observation that overtook its watch event is not undone by it.
     """
 
     def __init__(self, group_label: str | None = None, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
@@ -63,6 +65,7 @@ class ObjectStore:
         self._groups: dict[Key, set[str]] = {}  # (namespace, group label value) -> names
         self._tombstones: OrderedDict[Key, int] = OrderedDict()
         self._offered: dict[Key, int] = {}  # the version each of the operator's own writes left
+        self._listed_at: int | None = None  # the resourceVersion of the last list
         self._lock = threading.Lock()
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -91,22 +94,24 @@ class ObjectStore:
         key = object_key(obj)
         with self._lock:
             known = self._objects.get(key)
-            if gone is not None and known is not None and (version(known) or 0) <= gone:
-                self._forget(key, gone)
+            if gone is not None and (known is None or (version(known) or 0) <= gone):
+                self._forget(key, gone)  # its tombstone keeps a late offer from bringing it back
 
     def _keep_if_newer(self, obj: dict[str, Any], *, written: bool) -> None:
-        offered = version(obj)
-        if offered is None:
+        seen = version(obj)
+        if seen is None:
             return
         key = object_key(obj)
         with self._lock:
             if written:
-                self._offered[key] = offered
+                self._offered[key] = seen
             known = self._objects.get(key)
-            if known is not None and (version(known) or 0) >= offered:
+            if known is not None and (version(known) or 0) >= seen:
                 return
-            if self._tombstones.get(key, -1) >= offered:
+            if self._tombstones.get(key, -1) >= seen:
                 return  # deleted since: this informer's watch was faster
+            if known is None and self._listed_at is not None and seen <= self._listed_at:
+                return  # gone by the last list, which did not hold it
             self._store(key, obj)
 
     def written_by_operator(self, namespace: str, name: str, resource_version: str | None) -> bool:
@@ -115,7 +120,7 @@ class ObjectStore:
             return str(self._offered.get((namespace, name), "")) == str(resource_version or "-")
 
     def apply_event(self, event_type: str, obj: dict[str, Any]) -> None:
-        """A watch event (ADDED, MODIFIED, DELETED); one older than an offered write is dropped."""
+        """A watch event (ADDED, MODIFIED, DELETED); one older than an offered or observed version is dropped."""
         key = object_key(obj)
         with self._lock:
             known = self._objects.get(key)
@@ -125,12 +130,20 @@ class ObjectStore:
             elif event_type in ("ADDED", "MODIFIED") and (seen is None or new is None or new >= seen):
                 self._store(key, obj)
 
-    def replace(self, items: list[dict[str, Any]]) -> None:
+    def replace(self, items: list[dict[str, Any]], listed_at: int | None = None) -> None:
+        """What a list at resourceVersion `listed_at` holds; an object offered or observed at a
+        newer version than the list stays (the list could not have seen it)."""
         with self._lock:
+            newer = {key: obj for key, obj in self._objects.items()
+                     if listed_at is not None and (version(obj) or 0) > listed_at}
             self._objects.clear()
             self._groups.clear()
+            self._listed_at = listed_at
             for obj in items:
                 self._store(object_key(obj), obj)
+            for key, obj in newer.items():
+                if (version(self._objects.get(key) or {}) or 0) < (version(obj) or 0):
+                    self._store(key, obj)
 
     def _group_of(self, obj: dict[str, Any]) -> str | None:
         if self.group_label is None:
@@ -217,8 +230,8 @@ class Informer(ObjectStore):
         selector = {"labelSelector": self.label_selector} if self.label_selector else {}
         answer = self.kube.request("GET", path, params=selector or None)
         # A list's items carry no kind; watch events and the cache's readers expect one.
-        self.replace([{**item, "kind": self.kind} for item in answer.get("items") or []])
         since = str((answer.get("metadata") or {}).get("resourceVersion") or "")
+        self.replace([{**item, "kind": self.kind} for item in answer.get("items") or []], version({"metadata": {"resourceVersion": since}}))
         self._synced.set()
         while not self._stop.is_set():
             since = self._follow(path, since)

@@ -17,16 +17,16 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import urllib3
-
-try:  # several times faster at decoding than the standard library: the operator reads every watch event
-    import orjson
-except ImportError:  # pragma: no cover - the operator extra installs it
-    orjson = None  # type: ignore[assignment]
 from kiln_api import GROUP_VERSION, KIND, PLURAL
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from .objects.table import child_resources
+
+try:  # several times faster at decoding than the standard library: the operator reads every watch event
+    import orjson
+except ImportError:  # pragma: no cover - the operator extra installs it
+    orjson = None  # type: ignore[assignment]
 
 USER_AGENT = "kiln-operator"
 

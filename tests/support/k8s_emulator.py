@@ -300,14 +300,14 @@ class Watch:
         return self.emulator.state.event_line(event)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def _new_loop() -> asyncio.AbstractEventLoop:
     """uvloop where installed: its transports and loop are compiled, about a fifth of the
     emulator's CPU per request in pure-Python asyncio."""
     try:
         import uvloop
     except ImportError:
-        return None
-    return uvloop.new_event_loop
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class EmulatedApiServer:
@@ -338,8 +338,12 @@ class EmulatedApiServer:
             self._thread.join(30)
 
     def _run(self) -> None:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(self._serve())
+        loop = _new_loop()  # by hand, not asyncio.Runner(loop_factory=...): that needs Python 3.11
+        try:
+            loop.run_until_complete(self._serve())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()

@@ -102,7 +102,8 @@ def split_sums(
     """This rank's sums over its slice of `dataset` (zeros when there is no such split); `collect`
     also gets each batch's (outputs, targets), so a report needs no second pass over the split.
 
-    The sums stay on the device until the end: one host sync per split, not a few per batch.
+    The sums stay on the device until the end: one host sync per split, not a few per batch
+    (a `collect` that copies each batch to the host syncs per batch, as the report needs).
     Each is accumulated in float64 in the same order as Python floats would be, so the
     metrics are the same to the last bit."""
     if dataset is None:

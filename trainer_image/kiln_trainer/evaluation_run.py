@@ -37,7 +37,7 @@ class SplitPredictions:
         self._outputs: list[torch.Tensor] = []
 
     def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
-        self._outputs.append((torch.softmax(out.float(), dim=1) if self.task == CLASSIFICATION else out.float()).cpu())
+        self._outputs.append((torch.softmax(out, dim=1) if self.task == CLASSIFICATION else out).float().cpu())
         self._truths.append(y.cpu())
 
     def arrays(self, target_mean: float = 0.0, target_std: float = 1.0) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:

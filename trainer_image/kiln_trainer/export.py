@@ -24,10 +24,12 @@ from typing import Any, Optional, TextIO
 
 import numpy as np
 import torch
+from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from torch import nn
 
 from .data.errors import SpecError
 from .model_artifact import ModelArtifact, read_artifact
+from .storage import is_remote, resolve_location
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -48,7 +50,7 @@ def export_cli(model: str, fmt: str, output: Optional[str], *, out: Optional[Tex
     """Exit code 0, or 2 with one line naming what is wrong."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        result = export_model(model, fmt, output)
+        result = export_model(model, fmt, output, pvc_root=os.environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT))
     except SpecError as exc:
         print(f"kiln export: {exc}", file=err)
         return 2
@@ -58,14 +60,18 @@ def export_cli(model: str, fmt: str, output: Optional[str], *, out: Optional[Tex
     return 0
 
 
-def export_model(model: str, fmt: str, output: Optional[str] = None) -> ExportResult:
-    """Export `model` (a model.pt) as `fmt` to `output` (default: beside it) and check it."""
+def export_model(model: str, fmt: str, output: Optional[str] = None, pvc_root: str = PVC_MOUNT_ROOT) -> ExportResult:
+    """Export `model` (a model.pt: a path, pvc:// under `pvc_root`, or an object-store URL) as `fmt`
+    to `output`, a local file (default: beside the model when that is on this machine), and check it."""
     if fmt not in FORMATS:
         raise SpecError("--format", f"{fmt!r} is not an export format; choose {' or '.join(FORMATS)}")
-    artifact = read_artifact(model)
+    location = resolve_location(model, pvc_root)
+    if output is None and is_remote(location):
+        raise SpecError("--output", f"{model} is in an object store; name a local file to write the export to")
+    artifact = read_artifact(model, pvc_root)
     net = artifact.build("cpu")
-    path = output or os.path.splitext(model)[0] + SUFFIXES[fmt]
-    if os.path.abspath(path) == os.path.abspath(model):
+    path = output or os.path.splitext(location)[0] + SUFFIXES[fmt]
+    if not is_remote(location) and os.path.abspath(path) == os.path.abspath(location):
         raise SpecError("--output", f"{path} is the model itself; choose another file")
     example = artifact.example_input(rows=2, seed=0)
     try:

@@ -59,9 +59,9 @@ def inspect_job(job: TrainingJob, *, pvc_root: str = PVC_MOUNT_ROOT, sample_rows
                         "sequence/text set); inspect a csv or parquet file of the same format instead")
     if spec.source.startswith(("builtin:", "synthetic:")):
         return in_memory_set_report(spec, sample_rows=sample_rows)
-    from .data.sources import PARQUET_SUFFIXES, infer_format, is_dir
+    from .data.sources import PARQUET_SUFFIXES, infer_format
     from .data.stream_pipelines import source_bytes
-    from .storage import exists, resolve_location
+    from .storage import exists, is_dir, resolve_location
 
     location = resolve_location(spec.source, pvc_root)
     try:

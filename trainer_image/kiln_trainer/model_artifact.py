@@ -19,11 +19,12 @@ from typing import Any, Literal, Optional
 
 import torch
 from kiln_api.spec import ModelSpec
+from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data.errors import SpecError
 from .models import KilnModel, build_model
-from .storage import filesystem, resolve_location
+from .storage import file_size, open_file, resolve_location
 
 FORMAT = "kiln-model"
 VERSION = 1
@@ -151,22 +152,20 @@ def artifact_bytes(state: dict[str, torch.Tensor], metadata: ModelMetadata) -> b
     return buffer.getvalue()
 
 
-def read_artifact(path: str) -> ModelArtifact:
-    """Load and validate a model.pt written by `artifact_bytes` from a path, pvc:// or an object
-    store's URL (s3://, through fsspec); every failure is an ArtifactError."""
+def read_artifact(path: str, pvc_root: str = PVC_MOUNT_ROOT) -> ModelArtifact:
+    """Load and validate a model.pt written by `artifact_bytes` from a path, pvc:// (under
+    `pvc_root`) or an object store's URL (s3://, through fsspec); every failure is an ArtifactError."""
+    location = resolve_location(path, pvc_root)
     try:
-        fs, located = filesystem(resolve_location(path))
-        size = fs.size(located) if fs.isfile(located) else None
-    except ValueError as exc:
-        raise ArtifactError("model", str(exc)) from None
-    except OSError as exc:  # an object store that cannot be reached, or refuses
-        raise ArtifactError("model", f"{path}: {exc}") from None
+        size = file_size(location)
+    except (ImportError, OSError) as exc:  # s3:// without s3fs, no credentials, access denied
+        raise ArtifactError("model", f"{path}: cannot reach it: {exc}") from None
     if size is None:
         raise ArtifactError("model", f"{path}: no such file")
     if size > MAX_MODEL_BYTES:
         raise ArtifactError("model", f"{path}: {size} bytes is larger than a model file may be ({MAX_MODEL_BYTES})")
     try:
-        with fs.open(located, "rb") as handle:  # seekable: torch reads the archive's records where they lie
+        with open_file(location, "rb") as handle:  # seekable: torch reads the archive's records where they lie
             loaded = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling raises many types; all mean "not a safe model file"
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__

@@ -1,5 +1,6 @@
 """`kiln predict MODEL DATA`: a saved model.pt on new raw data, batch by batch, on the CPU by default.
-Both are read through fsspec: local paths, pvc:// (mapped as `kiln run` maps it) or object stores.
+Both may be local paths, pvc:// (under $KILN_PVC_ROOT, as `kiln run` maps it) or object-store URLs
+read through fsspec (s3:// with s3fs installed: `kiln[s3]`).
 
 The model's recipe (model_artifact.py, data/inference.py) turns raw rows into inputs: a CSV or
 parquet table for a table model (its columns by name, in any order; others ignored), an image
@@ -19,18 +20,19 @@ import os
 import posixpath
 import sys
 from collections.abc import Callable, Iterator
-from typing import IO, Any, Optional, TextIO
+from typing import Any, Optional, TextIO
 
 import numpy as np
 import pandas as pd
 import torch
+from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from PIL import Image, UnidentifiedImageError
 
 from .data.errors import DataError, SpecError
 from .data.images import IMAGE_SUFFIXES
 from .data.inference import IMAGE_FORMAT, TABLE_FORMAT, check_recipe, image_inputs, table_inputs
 from .model_artifact import ModelArtifact, read_artifact
-from .storage import filesystem, resolve_location
+from .storage import exists, files_under, is_dir, is_remote, open_file, resolve_location
 
 DEFAULT_BATCH_SIZE = 1024
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -47,7 +49,8 @@ def predict_cli(model: str, data: str, *, output: Optional[str], device: str = "
     """Exit code 0, or 2 with one line naming what is wrong (never a traceback)."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        rows = predict_file(model, data, output=output, device=device, batch_size=batch_size, out=out)
+        rows = predict_file(model, data, output=output, device=device, batch_size=batch_size, out=out,
+                            pvc_root=os.environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT))
     except SpecError as exc:
         print(f"kiln predict: {exc}", file=err)
         return 2
@@ -56,13 +59,14 @@ def predict_cli(model: str, data: str, *, output: Optional[str], device: str = "
 
 
 def predict_file(model: str, data: str, *, output: Optional[str], device: str = "cpu",
-                 batch_size: int = DEFAULT_BATCH_SIZE, out: Optional[TextIO] = None) -> int:
-    """Predict every row of `data` into `output` (CSV, or parquet by suffix; None: CSV on `out`)."""
+                 batch_size: int = DEFAULT_BATCH_SIZE, out: Optional[TextIO] = None, pvc_root: str = PVC_MOUNT_ROOT) -> int:
+    """Predict every row of `data` into `output` (CSV, or parquet by suffix; None: CSV on `out`).
+    `model` and `data` are paths, pvc:// (under `pvc_root`) or object-store URLs (fsspec)."""
     if batch_size < 1:
         raise SpecError("--batch-size", f"must be at least 1, got {batch_size}")
-    artifact = read_artifact(model)
+    artifact = read_artifact(model, pvc_root)
     net = artifact.build(_device(device))
-    chunks = input_chunks(artifact, data, batch_size)
+    chunks = input_chunks(artifact, data, batch_size, pvc_root)
     frames = (chunk_predictions(artifact, net, inputs, batch_size).pipe(_prepend, kept) for kept, inputs in chunks)
     # The first chunk finds most mistakes (missing columns, wrong shapes) before any output is created.
     first = next(frames, None)
@@ -125,21 +129,19 @@ def _device(name: str) -> torch.device:
 # ---------------------------------------------------------------------- reading the data
 
 
-def input_chunks(artifact: ModelArtifact, data: str, batch_size: int) -> Iterator[Chunk]:
+def input_chunks(artifact: ModelArtifact, data: str, batch_size: int, pvc_root: str = PVC_MOUNT_ROOT) -> Iterator[Chunk]:
     """(kept columns, inputs) per chunk of `data`, in the form the model's recipe expects."""
     inference = artifact.metadata.inference
     kind = inference.get("format")
     check_recipe(inference, artifact.path)
-    fs, located = data_filesystem(data)
-    if not fs.exists(located):
-        raise DataError("data", f"{data}: no such file or directory")
+    location = data_location(data, pvc_root)
     if kind == IMAGE_FORMAT:
-        base = located if fs.isdir(located) else posixpath.dirname(located)
-        return _image_chunks(inference, fs, image_files(data), base, batch_size)
+        files, base = image_files(location, data)
+        return _image_chunks(inference, files, base, batch_size)
     if kind == TABLE_FORMAT:
-        return ((pd.DataFrame(), table_inputs(inference, frame, source=data)) for frame in read_table(data, batch_size))
+        return ((pd.DataFrame(), table_inputs(inference, frame, source=data)) for frame in read_table(location, data, batch_size))
     if kind in DELEGATED_FORMATS:
-        frame = pd.concat(list(read_table(data, None)), ignore_index=True)
+        frame = pd.concat(list(read_table(location, data, None)), ignore_index=True)
         inputs = frame_inputs(inference, frame, data)
         keys = window_keys(inference, frame) if kind == "sequence" else pd.DataFrame()
         return iter([(keys if len(keys) == len(inputs) else pd.DataFrame(), inputs)])
@@ -184,80 +186,89 @@ def _delegate(kind: str) -> Callable[[dict[str, Any], pd.DataFrame], torch.Tenso
     return fn
 
 
-def data_filesystem(data: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path) for the data: a local path, pvc:// (as `kiln run` maps it) or an
-    object store's URL such as s3:// (its fsspec package, s3fs, installed)."""
+def data_location(data: str, pvc_root: str = PVC_MOUNT_ROOT) -> str:
+    """Where `data` is (a path, pvc:// under `pvc_root`, an object-store URL), checked to exist."""
+    location = resolve_location(data, pvc_root)
     try:
-        return filesystem(resolve_location(data))
-    except ValueError as exc:
-        raise DataError("data", str(exc)) from None
+        found = exists(location)
+    except (ImportError, OSError) as exc:  # s3:// without s3fs, no credentials, access denied
+        raise DataError("data", f"{data}: cannot reach it: {exc}") from None
+    if not found:
+        raise DataError("data", f"{data}: no such file or directory")
+    return location
 
 
-def read_table(data: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
-    """A CSV/TSV or parquet file in chunks of `chunk_rows` (None: whole)."""
-    fs, located = data_filesystem(data)
-    if fs.isdir(located):
+def read_table(location: str, data: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
+    """A CSV/TSV (compressed by its suffix or not) or parquet file in chunks of `chunk_rows` (None: whole)."""
+    if is_dir(location):
         raise DataError("data", f"{data} is a directory; this model predicts on a CSV or parquet file")
     lower = data.lower()
     try:
-        with fs.open(located, "rb") as handle:
-            if lower.endswith(PARQUET_SUFFIXES):
-                yield from _parquet_chunks(handle, data, chunk_rows)
-                return
-            sep = "\t" if lower.endswith(".tsv") else ","
-            if chunk_rows is None:
-                yield pd.read_csv(handle, sep=sep)
-                return
-            with pd.read_csv(handle, sep=sep, chunksize=chunk_rows) as reader:
-                yield from reader
-    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        if lower.endswith(PARQUET_SUFFIXES):
+            yield from _parquet_chunks(location, data, chunk_rows)
+            return
+        sep = "\t" if ".tsv" in lower else ","
+        # pandas opens object-store URLs through fsspec and infers compression from the suffix.
+        if chunk_rows is None:
+            yield pd.read_csv(location, sep=sep)
+            return
+        with pd.read_csv(location, sep=sep, chunksize=chunk_rows) as reader:
+            yield from reader
+    except (ValueError, OSError, ImportError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         if isinstance(exc, SpecError):
             raise
         kind = "parquet" if lower.endswith(PARQUET_SUFFIXES) else "CSV"
         raise DataError("data", f"{data}: cannot read it as {kind}: {str(exc).strip()[:300]}") from exc
 
 
-def _parquet_chunks(source: IO[bytes], data: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
+def _parquet_chunks(location: str, data: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
     import pyarrow
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(source)
-        if chunk_rows is None:
-            yield parquet.read().to_pandas()
-            return
-        for batch in parquet.iter_batches(batch_size=chunk_rows):
-            yield batch.to_pandas()
+        with open_file(location, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            if chunk_rows is None:
+                yield parquet.read().to_pandas()
+                return
+            for batch in parquet.iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
     except pyarrow.ArrowException as exc:
         raise DataError("data", f"{data}: cannot read it as parquet: {str(exc).strip()[:300]}") from exc
 
 
-def image_files(data: str) -> list[str]:
-    """One image file, or every image under a folder (recursively, sorted), as paths of the data's
-    filesystem (data_filesystem)."""
-    fs, located = data_filesystem(data)
-    if fs.isfile(located):
-        if not located.lower().endswith(IMAGE_SUFFIXES):
+def image_files(location: str, data: str) -> tuple[list[str], str]:
+    """One image file, or every image under a folder (recursively, sorted); and the folder their
+    `path` column is relative to."""
+    if not is_dir(location):
+        if not location.lower().endswith(IMAGE_SUFFIXES):
             raise DataError("data", f"{data}: this model predicts on images ({', '.join(IMAGE_SUFFIXES)}) "
                             "or a folder of them")
-        return [located]
-    found = sorted(path for path in fs.find(located) if path.lower().endswith(IMAGE_SUFFIXES))
+        return [location], posixpath.dirname(location) if is_remote(location) else os.path.dirname(location)
+    found = [path for path in files_under(location) if path.lower().endswith(IMAGE_SUFFIXES)]
     if not found:
         raise DataError("data", f"{data}: no image files ({', '.join(IMAGE_SUFFIXES)}) under it")
-    return found
+    return found, location
 
 
-def _image_chunks(inference: dict[str, Any], fs: Any, files: list[str], base: str, batch_size: int) -> Iterator[Chunk]:
+def _relative(path: str, base: str) -> str:
+    if not is_remote(path):
+        return os.path.relpath(path, base)
+    return path[len(base.rstrip("/")) + 1:] if path.startswith(base.rstrip("/") + "/") else posixpath.basename(path)
+
+
+def _image_chunks(inference: dict[str, Any], files: list[str], base: str, batch_size: int) -> Iterator[Chunk]:
     for start in range(0, len(files), batch_size):
         paths = files[start:start + batch_size]
-        images = [_decode(fs, path) for path in paths]
-        yield pd.DataFrame({"path": [posixpath.relpath(p, base) for p in paths]}), image_inputs(inference, images)
+        images = [_decode(path) for path in paths]
+        yield pd.DataFrame({"path": [_relative(p, base) for p in paths]}), image_inputs(inference, images)
 
 
-def _decode(fs: Any, path: str) -> Image.Image:
+def _decode(path: str) -> Image.Image:
     try:
-        img = Image.open(io.BytesIO(fs.cat_file(path)))
-        img.load()
+        with open_file(path, "rb") as handle:
+            img = Image.open(io.BytesIO(handle.read()))
+            img.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError("data", f"cannot decode image {path}: {exc}") from exc
     return img

@@ -89,8 +89,9 @@ class RecurrentBackbone(nn.Module):
         return torch.cat(list(final[-self.directions:]), dim=-1)
 
     def _padded_forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One direction run over the padded rows, for ONNX export: torch's exporter fails on a
-        packed single-layer LSTM or GRU. A forward state depends only on the positions before it,
+        """One direction run over the padded rows, for ONNX export of a unidirectional LSTM or GRU
+        of any depth (torch's exporter fails on a packed single layer, and this graph is simpler
+        for every depth). A forward state depends only on the positions before it,
         so a real token's state is the one packing gives, and the padding after it changes nothing
         that is read: the top layer's state at the last real token is h_n."""
         states, _ = self.rnn(h)

@@ -51,15 +51,40 @@ def open_file(location: str, mode: str = "rb") -> Iterator[IO[Any]]:
             yield handle
 
 
-def filesystem(location: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path) for a resolved location: the local filesystem for a path. ValueError
-    naming the location when this machine has no filesystem for its scheme (s3fs not installed)."""
+def file_size(location: str) -> int | None:
+    """The size of the file at a resolved location; None when there is no file there (a folder is
+    none). ImportError or OSError when its object store cannot be reached (s3fs not installed, no
+    credentials, access denied): not the same as a missing file."""
+    if not is_remote(location):
+        return os.path.getsize(location) if os.path.isfile(location) else None
     import fsspec
 
+    fs, path = fsspec.core.url_to_fs(location)
     try:
-        return fsspec.core.url_to_fs(location)
-    except (ImportError, ValueError) as exc:
-        raise ValueError(f"{location}: cannot open it here ({exc})") from None
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    return int(info.get("size") or 0) if info.get("type") == "file" else None
+
+
+def is_dir(location: str) -> bool:
+    """Whether a resolved location is a folder (an object store's prefix)."""
+    if is_remote(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(location)
+        return bool(fs.isdir(path))
+    return os.path.isdir(location)
+
+
+def files_under(location: str) -> list[str]:
+    """Every file under a resolved folder, recursively, sorted, as locations `open_file` opens."""
+    if not is_remote(location):
+        return sorted(os.path.join(root, name) for root, _, names in os.walk(location) for name in names)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(location)
+    return sorted(fs.unstrip_protocol(found) for found in fs.find(path))
 
 
 def exists(location: str) -> bool:

@@ -16,10 +16,10 @@ from kiln_api.spec import DataSpec
 from .checkpoint_io import Storage
 from .data.errors import DataError
 from .data.hash_split import TRAIN, VALIDATION
-from .data.sources import infer_format, is_dir
+from .data.sources import infer_format
 from .data.stream_pipelines import StreamSource, open_source, source_bytes
 from .data.stream_plan import MAX_PLAN_BYTES, PLAN_FILE, STREAM, StreamPlan, choose_loading, data_key, is_file_source
-from .storage import exists, resolve_location
+from .storage import exists, is_dir, resolve_location
 
 log = logging.getLogger("kiln_trainer.driver")
 SHARDED_SPLITS = (TRAIN, VALIDATION)  # the test split is read whole by rank 0

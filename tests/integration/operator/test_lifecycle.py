@@ -189,7 +189,9 @@ def test_finished_job_is_deleted_after_its_ttl(
 def _deleted_state(k8s_api: EmulatedApiServer, name: str, since: int) -> dict:
     """The job as its DELETED watch event carried it (the emulator's watch history after `since`)."""
     events = k8s_api._call(lambda: k8s_api.emulator.state.history_after(since, "kiln.dev/v1alpha1/trainingjobs")) or []
-    return next(e["object"] for e in reversed(events) if e["type"] == "DELETED" and e["object"]["metadata"]["name"] == name)
+    deleted = [e["object"] for e in events if e["type"] == "DELETED" and e["object"]["metadata"]["name"] == name]
+    assert deleted, f"no DELETED event for {name} in the emulator's history"
+    return deleted[-1]
 
 
 def test_namespaced_operator_ignores_other_namespaces(kube: KubeClient, start_operator: Callable[..., OperatorThread]) -> None:

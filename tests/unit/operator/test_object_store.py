@@ -150,3 +150,20 @@ def test_the_cached_job_drops_kopfs_copy_of_its_spec() -> None:
     kept = job_kept_of(job)
     assert kept["metadata"]["annotations"] == {"keep": "x"} and "managedFields" not in kept["metadata"]
     assert kept["spec"] == {"a": 1} and job["metadata"]["annotations"][KOPF_DIFFBASE] == "{}"  # the original is untouched
+
+
+def test_a_list_keeps_newer_writes_and_no_late_event_brings_back_what_it_dropped() -> None:
+    store = ObjectStore(JOB_LABEL)
+    store.offer(obj("new", "12"))  # written after the list's version: the list cannot hold it
+    store.replace([obj("p", "5")], listed_at=10)
+    assert versions(store) == {"p": "5", "new": "12"}
+    store.observe(obj("gone", "8"))  # deleted before the list at 10, which did not hold it
+    store.observe(obj("later", "11"))
+    assert versions(store) == {"p": "5", "new": "12", "later": "11"}
+
+
+def test_a_deletion_kopf_saw_first_keeps_a_late_offer_from_resurrecting_the_object() -> None:
+    store = ObjectStore(JOB_LABEL)
+    store.observe(obj("x", "20"), deleted=True)  # never cached here, but known to be gone at 20
+    store.offer(obj("x", "15"))
+    assert versions(store) == {}

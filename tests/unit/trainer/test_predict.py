@@ -222,3 +222,20 @@ def test_missing_objects_and_filesystems_are_named_without_a_traceback(classifie
     for args, message in cases:
         code, _, err = predict(capsys, *args)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
+
+
+def test_pvc_locations_resolve_under_kiln_pvc_root_as_kiln_run_does(classifier, tmp_path, capsys, monkeypatch):
+    saved, frame, _ = classifier
+    claim = tmp_path / "pvcs" / "models"
+    claim.mkdir(parents=True)
+    (claim / "model.pt").write_bytes(saved.path.read_bytes())
+    frame.to_csv(claim / "rows.csv.gz", index=False)  # compressed, as pandas infers from the suffix
+    monkeypatch.setenv("KILN_PVC_ROOT", str(tmp_path / "pvcs"))
+    local = predict(capsys, saved.path, tmp_path / "t.csv")
+    code, out, err = predict(capsys, "pvc://models/model.pt", "pvc://models/rows.csv.gz")
+    assert code == 0 and out == local[1], err
+    # kiln export writes beside a model on a mounted claim, and must be told where for an object store's.
+    assert main(["export", "pvc://models/model.pt", "--format", "torchscript"]) == 0, capsys.readouterr().err
+    assert (claim / "model.torchscript.pt").is_file()
+    assert main(["export", "memory://nowhere/model.pt", "--format", "torchscript"]) == 2
+    assert "name a local file" in capsys.readouterr().err

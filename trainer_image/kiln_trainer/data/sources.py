@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from kiln_api.spec import DataFormat, DataSpec, Task
 
-from ..storage import exists, is_remote, open_file, resolve_location
+from ..storage import exists, is_dir, open_file, resolve_location
 from .errors import DataError
 from .images import load_image_folder
 from .raw import CLASSIFICATION, IMAGE, REGRESSION, TABLE, RawData
@@ -180,17 +180,6 @@ def infer_format(requested: DataFormat, location: str, is_dir: bool) -> DataForm
         "spec.data.format",
         f"cannot infer the format of {location} from its extension; set format to csv, parquet or imagefolder",
     )
-
-
-def is_dir(location: str) -> bool:
-    if is_remote(location):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(location)
-        return bool(fs.isdir(path))
-    import os
-
-    return os.path.isdir(location)
 
 
 def _check_task(spec: DataSpec, raw: RawData) -> None:
