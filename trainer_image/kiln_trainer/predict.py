@@ -200,10 +200,10 @@ def data_location(data: str, pvc_root: str = PVC_MOUNT_ROOT) -> str:
 
 def read_table(location: str, data: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
     """A CSV/TSV (compressed by its suffix or not) or parquet file in chunks of `chunk_rows` (None: whole)."""
-    if is_dir(location):
-        raise DataError("data", f"{data} is a directory; this model predicts on a CSV or parquet file")
     lower = data.lower()
     try:
+        if is_dir(location):
+            raise DataError("data", f"{data} is a directory; this model predicts on a CSV or parquet file")
         if lower.endswith(PARQUET_SUFFIXES):
             yield from _parquet_chunks(location, data, chunk_rows)
             return
@@ -240,6 +240,13 @@ def _parquet_chunks(location: str, data: str, chunk_rows: Optional[int]) -> Iter
 def image_files(location: str, data: str) -> tuple[list[str], str]:
     """One image file, or every image under a folder (recursively, sorted); and the folder their
     `path` column is relative to."""
+    try:
+        return _image_files(location, data)
+    except (ImportError, OSError) as exc:  # an object store that stopped answering while listed
+        raise DataError("data", f"{data}: cannot list it: {exc}") from None
+
+
+def _image_files(location: str, data: str) -> tuple[list[str], str]:
     if not is_dir(location):
         if not location.lower().endswith(IMAGE_SUFFIXES):
             raise DataError("data", f"{data}: this model predicts on images ({', '.join(IMAGE_SUFFIXES)}) "
