@@ -39,7 +39,10 @@ MAX_TOMBSTONES = 10_000
 
 def version(obj: dict[str, Any]) -> int | None:
     """The object's resourceVersion as an integer, None when it is not one."""
-    raw = (obj.get("metadata") or {}).get("resourceVersion")
+    return as_version((obj.get("metadata") or {}).get("resourceVersion"))
+
+
+def as_version(raw: Any) -> int | None:
     try:
         return int(raw)
     except (TypeError, ValueError):
@@ -231,7 +234,7 @@ class Informer(ObjectStore):
         answer = self.kube.request("GET", path, params=selector or None)
         # A list's items carry no kind; watch events and the cache's readers expect one.
         since = str((answer.get("metadata") or {}).get("resourceVersion") or "")
-        self.replace([{**item, "kind": self.kind} for item in answer.get("items") or []], version({"metadata": {"resourceVersion": since}}))
+        self.replace([{**item, "kind": self.kind} for item in answer.get("items") or []], as_version(since))
         self._synced.set()
         while not self._stop.is_set():
             since = self._follow(path, since)

@@ -29,7 +29,6 @@ from typing import Any, Optional
 from kiln_api import TrainingJob
 from kiln_api.cpu import cpu_cores
 from kiln_api.status import Phase, TrainingJobStatus
-from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from kiln_api.topology import GPU, TrainingTopology, training_topology, workers_status, workers_that_fit
 from pydantic import ValidationError
 
@@ -56,7 +55,7 @@ from .job_file import default_termination_path, load_job_from_env, validation_me
 from .metrics import KilnMetrics, start_server
 from .status_json import compact_status, driver_status_json
 from .status_reducer import apply_event, fail, initial_status
-from .storage import resolve_location
+from .storage import pvc_root_from, resolve_location
 from .train_setup import build_trainer, connect_ray, in_process_training, local_gpu_count
 
 log = logging.getLogger("kiln_trainer.driver")
@@ -353,7 +352,7 @@ def main(environ: Optional[dict[str, str]] = None) -> int:
     except ValueError as exc:
         print(f"kiln: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    pvc_root = environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT)
+    pvc_root = pvc_root_from(environ)
     storage = environ.get("KILN_CHECKPOINT_DIR") or job.spec.checkpoint.storage
     if not storage:
         print("kiln: spec.checkpoint.storage: not set and KILN_CHECKPOINT_DIR is empty", file=sys.stderr)

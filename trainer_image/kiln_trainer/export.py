@@ -29,7 +29,7 @@ from torch import nn
 
 from .data.errors import SpecError
 from .model_artifact import ModelArtifact, read_artifact
-from .storage import is_remote, resolve_location
+from .storage import is_remote, pvc_root_from, resolve_location
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -50,7 +50,7 @@ def export_cli(model: str, fmt: str, output: Optional[str], *, out: Optional[Tex
     """Exit code 0, or 2 with one line naming what is wrong."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        result = export_model(model, fmt, output, pvc_root=os.environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT))
+        result = export_model(model, fmt, output, pvc_root=pvc_root_from(os.environ))
     except SpecError as exc:
         print(f"kiln export: {exc}", file=err)
         return 2

@@ -31,6 +31,7 @@ from .inspect_images import SAMPLE_IMAGES, image_report
 from .inspect_render import render_report
 from .inspect_scan import SAMPLE_ROWS, TableScan, scan_frames, split_rows, table_chunks
 from .inspect_text import DEFAULT_VOCAB_SIZE, coverage_warning, text_report
+from .storage import pvc_root_from
 
 EXIT_OK, EXIT_INVALID = 0, 2
 # A synthetic set above this many values is generated smaller for the analysis (its split sizes
@@ -229,7 +230,7 @@ def inspect_cli(file: str, output: Optional[str] = None, *, sample_rows: Optiona
         if sample_rows < 1 or sample_images < 1 or (vocab_size is not None and vocab_size < 1):
             raise ValueError("--sample-rows, --sample-images and --vocab-size must be at least 1")
         job = load_job(file)
-        report = inspect_job(job, pvc_root=os.environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT), sample_rows=sample_rows,
+        report = inspect_job(job, pvc_root=pvc_root_from(os.environ), sample_rows=sample_rows,
                              sample_images=sample_images, text_column=text_column, vocab_size=vocab_size)
     except (SpecError, ValueError) as exc:
         err.write(f"kiln: {exc}\n")

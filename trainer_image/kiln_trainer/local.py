@@ -31,7 +31,6 @@ from kiln_api.cpu import cpu_cores
 from kiln_api.loading import load_jobs
 from kiln_api.ray_memory import local_object_store_bytes
 from kiln_api.status import TrainingJobStatus
-from kiln_api.storage_paths import PVC_MOUNT_ROOT
 from kiln_api.topology import GPU, TrainingTopology, training_topology, workers_that_fit
 
 from .console import epoch_line, progress_line, validation_text
@@ -41,7 +40,7 @@ from .driver_options import DriverOptions
 from .events import EpochEnded, Event, Started, StepProgress
 from .local_paths import with_absolute_paths
 from .status_json import status_document
-from .storage import resolve_location
+from .storage import pvc_root_from, resolve_location
 from .train_setup import local_gpu_count
 from .worker import write_bytes
 
@@ -223,7 +222,7 @@ def run_local(job: TrainingJob, out_root: str, *, manifest_dir: str, stream: Tex
     job = with_absolute_paths(job, cwd)
     out_dir = os.path.join(os.path.abspath(out_root), job.name)
     os.makedirs(out_dir, exist_ok=True)
-    pvc_root = os.environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT)
+    pvc_root = pvc_root_from(os.environ)
     storage = job.spec.checkpoint.storage
     checkpoint_dir = resolve_location(storage, pvc_root) if storage else os.path.join(out_dir, "checkpoints")
     outputs = LocalOutputs(out_dir, stream)

@@ -32,7 +32,7 @@ from .data.errors import DataError, SpecError
 from .data.images import IMAGE_SUFFIXES
 from .data.inference import IMAGE_FORMAT, TABLE_FORMAT, check_recipe, image_inputs, table_inputs
 from .model_artifact import ModelArtifact, read_artifact
-from .storage import exists, files_under, is_dir, is_remote, open_file, resolve_location
+from .storage import exists, files_under, is_dir, is_remote, open_file, pvc_root_from, resolve_location
 
 DEFAULT_BATCH_SIZE = 1024
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -50,7 +50,7 @@ def predict_cli(model: str, data: str, *, output: Optional[str], device: str = "
     out, err = out or sys.stdout, err or sys.stderr
     try:
         rows = predict_file(model, data, output=output, device=device, batch_size=batch_size, out=out,
-                            pvc_root=os.environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT))
+                            pvc_root=pvc_root_from(os.environ))
     except SpecError as exc:
         print(f"kiln predict: {exc}", file=err)
         return 2

@@ -48,7 +48,7 @@ from .search_report import (
 )
 from .search_space import decode_config, num_samples, param_space, scheduler, search_algorithm, total_trials, trial_job
 from .status_json import status_document
-from .storage import resolve_location
+from .storage import pvc_root_from, resolve_location
 from .train_setup import connect_ray
 from .worker import write_bytes
 
@@ -234,7 +234,7 @@ def run_search(job: TrainingJob, out_dir: str, *, node: Optional[dict[str, float
 
     search = job.spec.search
     assert search is not None
-    place = place or SearchPlace(node=node or {}, pvc_root=os.environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT))
+    place = place or SearchPlace(node=node or {}, pvc_root=pvc_root_from(os.environ))
     node = place.node
     os.makedirs(out_dir, exist_ok=True)
     pvc_root = place.pvc_root

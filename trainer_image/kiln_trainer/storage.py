@@ -7,7 +7,7 @@ pod it is an ordinary path. `s3://` goes through fsspec (s3fs must be installed)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import IO, Any
 from urllib.parse import urlparse
@@ -15,6 +15,12 @@ from urllib.parse import urlparse
 from kiln_api.storage_paths import PVC_MOUNT_ROOT, is_pvc, pvc_local_path
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "http", "https", "memory")
+
+
+def pvc_root_from(environ: Mapping[str, str]) -> str:
+    """Where pvc:// claims are mounted: $KILN_PVC_ROOT (kiln run, kiln predict on a laptop), else
+    where the operator mounts them in a pod."""
+    return environ.get("KILN_PVC_ROOT", PVC_MOUNT_ROOT)
 
 
 def resolve_location(uri: str, pvc_root: str = PVC_MOUNT_ROOT) -> str:
