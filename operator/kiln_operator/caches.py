@@ -12,11 +12,12 @@ create sees what it created.
 from __future__ import annotations
 
 import copy
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from kiln_api import API_GROUP, KIND
 
-from .informer import Informer, object_key
+from .informer import Informer, Listener, object_key
 from .kube import KubeClient
 from .objects.labels import JOB_NAME_LABEL, MANAGED_BY_LABEL, MANAGER
 from .objects.table import CHILDREN
@@ -97,12 +98,18 @@ class OperatorCaches:
         if informer is not None:
             informer.offer(obj)
 
-    def observed(self, obj: dict[str, Any], deleted: bool = False) -> None:
-        """An object as kopf's watch delivered it (or its deletion): the reconcile its event starts
-        reads at least that state."""
-        informer = self._informer(str(obj.get("kind") or ""), object_key(obj)[0])
-        if informer is not None:  # a copy of what is kept: kopf's own dicts stay kopf's
-            informer.observe(copy.deepcopy(informer.transform(obj) if informer.transform else obj), deleted)
+    def listen(self, listener: Listener, kinds: tuple[str, ...] = ("Pod", KIND)) -> None:
+        """`listener(event_type, obj)` hears every watch event (and listed object) of `kinds`,
+        after the cache holds it, on the informer's thread."""
+        for (kind, _scope), informer in self.informers.items():
+            if kind in kinds:
+                informer.listeners.append(listener)
+
+    def creating(self, obj: dict[str, Any]) -> AbstractContextManager[None]:
+        """Marks an object the operator is about to create as its own until the create returns."""
+        namespace, name = object_key(obj)
+        informer = self._informer(str(obj.get("kind") or ""), namespace)
+        return informer.creating(namespace, name) if informer is not None and name else nullcontext()
 
     def written_by_operator(self, kind: str, namespace: str, name: str, resource_version: str | None) -> bool:
         """True for the version of a child the operator's own write produced: its watch event
@@ -117,8 +124,10 @@ class CachingKube(KubeClient):
     caches: OperatorCaches | None = None
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        created = super().create(obj)
-        if self.caches is not None:
+        if self.caches is None:
+            return super().create(obj)
+        with self.caches.creating(obj):
+            created = super().create(obj)
             self.caches.offer(created)
         return created
 

@@ -1,28 +1,34 @@
-"""The kopf shell: one level-based `reconcile` behind every trigger.
+"""The kopf shell: one level-based `reconcile`, run by one loop per job.
 
-create, update (spec changes only), resume and a timer all call the same `reconcile`:
-observe -> `decide` -> apply. Pod events of the job's pods call it as well, directly, so that a
-finished or lost head is noticed at once rather than at the next timer tick (the timer is the
-safety net, pod events are the fast path; both are cheap and idempotent).
+Each TrainingJob this replica handles has a loop (a kopf daemon) that reconciles it at once
+(creation and operator start alike), then again when woken or when its time is up: the
+decision's `requeue_after`, else the timer interval, else `API_RETRY_SECONDS` after an API
+error. The informers wake a job's loop from their watch events: a pod of the job changed (a
+finished or lost head is noticed at once, not at the next tick), or the job's spec did (a new
+`metadata.generation`). A wake-up during a reconcile starts another pass after it; any number
+of wake-ups before the loop looks again count as one (client-go's work queue, per job).
 
-kopf runs these synchronous handlers in its thread pool; a per-job lock keeps the timer, pod
-events and change handlers of one job from reconciling it at the same time.
-A pod event whose pod version the job's last reconcile already observed starts no reconcile:
-under a burst of new jobs, the operator's own pod creations would otherwise cost one more
-full reconcile per pod.
+Why not kopf's change handlers, timer and pod watch: they were half of the operator's CPU per
+new job (a deep copy of every body kopf processed, to diff; a patch of kopf's annotations and the
+event it brought back; kopf's processing of every pod event beside the informer's) and held a
+burst of new jobs to ~60 a second. kopf still decides which jobs this replica handles: its
+peering stops every loop while another replica leads, and a job's deletion stops its loop
+before kopf releases the finalizer.
 
-Waiting: change handlers raise `kopf.TemporaryError(delay=requeue_after)` only when the decision
-wants to be called back sooner than the timer would; otherwise the timer comes back anyway.
-Retrying change handlers forever would double the timer's work and churn kopf's annotations.
+A pod event whose pod version the job's last reconcile already observed, or that the operator's
+own create left, wakes nothing: under a burst of new jobs each of its pods' ADDED events would
+otherwise cost one more full reconcile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import secrets
 import threading
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,18 +47,21 @@ from .settings import OperatorSettings
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)  # what kopf watches: (group, version, plural)
 MANAGED_BY = {MANAGED_BY_LABEL: MANAGER}
 API_RETRY_SECONDS = 2.0
+MIN_REQUEUE_SECONDS = 0.1
+# Reconciles mostly wait on the API server: a burst of new jobs must not queue behind a handful.
+RECONCILE_THREADS = 32
 log = logging.getLogger("kiln.operator")
 
 
 @dataclass
 class JobGate:
-    """Serialises the reconciles of one job and lets bursts of pod events share one queued reconcile."""
+    """Serialises the reconciles of one job and remembers what its last reconcile observed."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     guard: threading.Lock = field(default_factory=threading.Lock)
-    queued: bool = False
     # Pod name -> resourceVersion as the last completed reconcile observed it.
     seen: dict[str, str] = field(default_factory=dict)
+    generation: int | None = None  # the job's metadata.generation that reconcile read
 
     def is_news(self, pod_name: str, resource_version: str | None, event_type: str | None) -> bool:
         """False when a reconcile has already acted on exactly this version of the pod.
@@ -66,31 +75,69 @@ class JobGate:
         with self.guard:
             return self.seen.get(pod_name) != resource_version
 
+    def is_new_spec(self, generation: Any) -> bool:
+        """True when a pass has read the job and this generation is not the one it read. Status
+        writes (the operator's own, kopf's finalizer) leave the generation as it was; and before
+        any pass has read the job, the pass to come reads the cache this event is already in."""
+        with self.guard:
+            return self.generation is not None and generation != self.generation
+
+    def read_generation(self, generation: int | None) -> None:
+        with self.guard:
+            self.generation = generation
+
     def remember(self, pods: dict[str, dict[str, Any]]) -> None:
         versions = {name: str(pod["metadata"].get("resourceVersion") or "") for name, pod in pods.items()}
         with self.guard:
             self.seen = versions
 
-    def claim_queue_slot(self) -> bool:
-        """True if the caller should reconcile; False if a queued reconcile will see its change anyway."""
-        with self.guard:
-            if self.queued:
-                return False
-            self.queued = True
-            return True
 
-    def release_queue_slot(self) -> None:
-        with self.guard:
-            self.queued = False
+class JobLoops:
+    """The wake-up flag of every job loop running in this replica, settable from any thread."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self._guard = threading.Lock()
+
+    def start(self, namespace: str, name: str) -> asyncio.Event:
+        flag = asyncio.Event()
+        with self._guard:
+            self._flags[f"{namespace}/{name}"] = (asyncio.get_running_loop(), flag)
+        return flag
+
+    def stop(self, namespace: str, name: str, flag: asyncio.Event) -> None:
+        with self._guard:
+            if self._flags.get(f"{namespace}/{name}", (None, None))[1] is flag:
+                del self._flags[f"{namespace}/{name}"]
+
+    def running(self, namespace: str, name: str) -> bool:
+        with self._guard:
+            return f"{namespace}/{name}" in self._flags
+
+    def wake(self, namespace: str, name: str) -> bool:
+        """Ask the job's loop for another pass; False when no loop runs it here (another
+        replica leads, or the job is gone)."""
+        with self._guard:
+            entry = self._flags.get(f"{namespace}/{name}")
+        if entry is None:
+            return False
+        loop, flag = entry
+        try:
+            loop.call_soon_threadsafe(flag.set)
+        except RuntimeError:  # the loop has closed: the operator is exiting
+            return False
+        return True
 
 
 @dataclass
 class Runtime:
-    """What every handler shares: settings, the API client, metrics, per-job gates."""
+    """What every handler shares: settings, the API client, metrics, per-job gates and loops."""
 
     settings: OperatorSettings
     kube: KubeClient
     metrics: OperatorMetrics
+    loops: JobLoops = field(default_factory=JobLoops)
+    executor: Executor = field(default_factory=lambda: ThreadPoolExecutor(RECONCILE_THREADS, thread_name_prefix="kiln-reconcile"))
     _gates: dict[str, JobGate] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -111,15 +158,10 @@ class Runtime:
 
 def reconcile(runtime: Runtime, namespace: str, name: str) -> Decision | None:
     """Bring one job one step closer to its spec; None when the job no longer exists."""
-    with runtime.gate_for(namespace, name).lock:
-        return _reconcile_locked(runtime, namespace, name)
-
-
-def _reconcile_locked(runtime: Runtime, namespace: str, name: str) -> Decision | None:
-    """Time and count one reconcile; the caller holds the job's lock."""
     started = time.perf_counter()
     try:
-        return _observe_decide_apply(runtime, namespace, name)
+        with runtime.gate_for(namespace, name).lock:
+            return _observe_decide_apply(runtime, namespace, name)
     except ApiError as exc:
         runtime.metrics.reconcile_errors.labels(reason=f"ApiError{exc.status}").inc()
         raise
@@ -137,6 +179,10 @@ def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decisi
         return None
     if job["metadata"].get("deletionTimestamp"):
         return None  # going away: recreating children now would only feed the garbage collector
+    gate = runtime.gate_for(namespace, name)
+    # From here on, an event of this generation (this pass's own status write, kopf's finalizer)
+    # has nothing to tell; a newer one wakes the loop for another pass.
+    gate.read_generation(job["metadata"].get("generation"))
     caches = runtime.caches
     observation = observe(runtime.kube, job, caches.children(namespace, name) if caches is not None else None)
     # The token is used only if the Secret is missing: it is immutable, and a create that finds
@@ -153,14 +199,14 @@ def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decisi
         decision = decide(job, observation, runtime.settings, token)
         apply_decision(runtime.kube, job, decision, observation.now)
     # Only after the decision is applied: a failed reconcile must not hide the pods' events.
-    runtime.gate_for(namespace, name).remember(observation.pods)
+    gate.remember(observation.pods)
     runtime.metrics.record_status(namespace, name, job.get("status") or {}, decision.status)
     return decision
 
 
 def _current_job(runtime: Runtime, namespace: str, name: str) -> dict[str, Any] | None:
     """The job as the operator's informer last showed it (with its own writes), else as the API
-    server has it; None when it no longer exists. Not kopf's handler body, which may be older."""
+    server has it; None when it no longer exists."""
     if runtime.caches is not None and (job := runtime.caches.job(namespace, name)) is not None:
         return job
     try:
@@ -172,23 +218,68 @@ def _current_job(runtime: Runtime, namespace: str, name: str) -> dict[str, Any] 
         raise
 
 
-def _run(runtime: Runtime, namespace: str, name: str, *, requeue: bool) -> None:
-    """reconcile, translated into kopf's retry vocabulary."""
+def next_pass_in(runtime: Runtime, namespace: str, name: str) -> float:
+    """Reconcile once; the seconds until the job's loop should reconcile it again unwoken."""
+    interval = runtime.settings.timer_interval_seconds
     try:
         decision = reconcile(runtime, namespace, name)
-    except ApiError as exc:
-        # 409/500/unreachable: kopf retries; the operator itself never crashes on them.
-        delay = min(API_RETRY_SECONDS, runtime.settings.timer_interval_seconds)
-        raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=delay) from None
-    if decision is None:
+    except ApiError as exc:  # 409/500/unreachable: try again soon; the operator never crashes on them
+        log.warning("reconcile of %s/%s: Kubernetes API: %s", namespace, name, exc)
+        return min(API_RETRY_SECONDS, interval)
+    except Exception:  # a bug must not end the job's loop: log it and try again at the next tick
+        log.exception("reconcile of %s/%s failed", namespace, name)
+        return interval
+    if decision is None or decision.permanent_error or decision.requeue_after is None:
+        return interval  # a bad spec is Failed with a condition and an Event; a new spec wakes the loop
+    return min(max(decision.requeue_after, MIN_REQUEUE_SECONDS), interval)
+
+
+async def run_job_loop(runtime: Runtime, namespace: str, name: str, stopped: Any) -> None:
+    """Reconcile the job until kopf stops its loop (deletion, peering's pause, exit)."""
+    loop = asyncio.get_running_loop()
+    woken = runtime.loops.start(namespace, name)
+    try:
+        while not stopped:
+            woken.clear()  # a change from now on calls for another pass after this one
+            delay = await loop.run_in_executor(runtime.executor, next_pass_in, runtime, namespace, name)
+            await _first_of(woken.wait(), stopped.wait(), timeout=delay)
+    finally:
+        runtime.loops.stop(namespace, name, woken)
+        reason = getattr(stopped, "reason", None)
+        if reason is not None and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+            runtime.forget(namespace, name)
+
+
+async def _first_of(*waits: Any, timeout: float) -> None:
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def on_watch_event(runtime: Runtime, event_type: str, obj: dict[str, Any]) -> None:
+    """An informer's event: wake the loop of the job it concerns if its last reconcile could not
+    have seen it (called on the informer's thread; cheap, and never raises into it)."""
+    meta = obj.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "")
+    if obj.get("kind") == KIND:
+        name = str(meta.get("name"))
+        if event_type != "DELETED" and runtime.loops.running(namespace, name) \
+                and runtime.gate_for(namespace, name).is_new_spec(meta.get("generation")):
+            runtime.loops.wake(namespace, name)
         return
-    if decision.permanent_error:
-        if requeue:  # change handlers: kopf records the failure and waits for the next spec change
-            raise kopf.PermanentError(decision.permanent_error)
+    job_name = _owner_job(obj)
+    if job_name is None or not runtime.loops.running(namespace, job_name):
         return
-    wait = decision.requeue_after
-    if requeue and wait is not None and wait < runtime.settings.timer_interval_seconds:
-        raise kopf.TemporaryError("waiting", delay=max(wait, 0.1))
+    pod_name, version = str(meta.get("name")), meta.get("resourceVersion")
+    if not runtime.gate_for(namespace, job_name).is_news(pod_name, version, event_type):
+        return  # the last reconcile already saw this very version of the pod
+    if event_type == "ADDED" and runtime.caches is not None \
+            and runtime.caches.written_by_operator("Pod", namespace, pod_name, version):
+        return  # the operator's own create: the reconcile that made it knew
+    runtime.loops.wake(namespace, job_name)
 
 
 def _owner_job(body: Any) -> str | None:
@@ -200,46 +291,9 @@ def _owner_job(body: Any) -> str | None:
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     """Attach every handler to `registry` (a fresh one per operator, so tests stay isolated)."""
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
-    @kopf.on.resume(*RESOURCE, registry=registry)
-    def on_change(body: Any, namespace: str, name: str, **_: Any) -> None:
-        if runtime.caches is not None:  # the change kopf saw, even if the informer has not yet
-            runtime.caches.observed({**body, "kind": KIND, "apiVersion": f"{API_GROUP}/{API_VERSION}"})
-        _run(runtime, namespace, name, requeue=True)
-
-    # The first tick waits a full interval: create and resume already reconcile a job at once,
-    # and an immediate tick would only queue a second, identical reconcile behind theirs.
-    interval = runtime.settings.timer_interval_seconds
-
-    @kopf.timer(*RESOURCE, interval=interval, initial_delay=interval, registry=registry)
-    def on_timer(namespace: str, name: str, **_: Any) -> None:
-        _run(runtime, namespace, name, requeue=False)
-
-    @kopf.on.event("", "v1", "pods", labels=MANAGED_BY, registry=registry)
-    def on_pod_event(body: Any, namespace: str, type: str | None = None, **_: Any) -> None:  # noqa: A002  (kopf's name)
-        job_name = _owner_job(body)
-        if job_name is None:
-            return
-        gate = runtime.gate_for(namespace, job_name)
-        meta = body.get("metadata", {})
-        pod_name, version = str(meta.get("name")), meta.get("resourceVersion")
-        if not gate.is_news(pod_name, version, type):
-            return  # the last reconcile already saw this very version of the pod
-        if type == "ADDED" and runtime.caches is not None and runtime.caches.written_by_operator("Pod", namespace, pod_name, version):
-            return  # the operator's own create: the reconcile that made it knew
-        if runtime.caches is not None:
-            # kopf's watch can deliver this version before the informer's does: the reconcile must
-            # read it, or it would remember the older version as seen and wait for the timer.
-            runtime.caches.observed({**body, "kind": "Pod", "apiVersion": "v1"}, deleted=type == "DELETED")
-        if not gate.claim_queue_slot():
-            return  # a reconcile is already waiting for the lock; it will read this change
-        try:
-            with gate.lock:
-                gate.release_queue_slot()  # from here on, newer events queue a new reconcile
-                _reconcile_locked(runtime, namespace, job_name)
-        except Exception as exc:  # event handlers are not retried: the timer is the safety net
-            log.warning("reconcile of %s/%s after a pod event failed: %s", namespace, job_name, exc)
+    @kopf.daemon(*RESOURCE, registry=registry)
+    async def job_loop(namespace: str, name: str, stopped: Any, **_: Any) -> None:
+        await run_job_loop(runtime, namespace, name, stopped)
 
     @kopf.on.probe(id=PLURAL, registry=registry)
     def jobs_tracked(**_: Any) -> int:

@@ -12,11 +12,13 @@ server as before. A child missing from an unsynced cache would otherwise look de
 the job would be failed or restarted for it.
 
 The operator's own writes are offered to the cache (`offer`) so that the next reconcile sees
-what the last one created before the watch brings it back, and what kopf's own watches deliver
-is observed (`observe`) so that the reconcile kopf's event starts reads at least that version.
-resourceVersions are compared as integers (what every etcd-backed API server sends); an object
-whose version is not an integer is not taken from either, and neither a recent deletion's
-version nor the last list (which did not hold the object) lets a late one resurrect it.
+what the last one created before the watch brings it back. resourceVersions are compared as
+integers (what every etcd-backed API server sends); an object whose version is not an integer
+is not offered, and neither a recent deletion's version nor the last list (which did not hold
+the object) lets a late offer resurrect it.
+
+Listeners hear every watch event, and every object of every list, once the cache holds it:
+the operator wakes the loops of the jobs they concern (client-go's event handlers).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .kube import ApiError, KubeClient, decode_json, resource_path
 
 log = logging.getLogger("kiln.operator")
 Key = tuple[str, str]  # (namespace, name)
+Listener = Callable[[str, dict[str, Any]], None]  # (event type, object as the server sent it)
 WATCH_SECONDS = 300  # the server ends each watch after this; the informer then resumes it
 RETRY_SECONDS = 1.0
 MAX_TOMBSTONES = 10_000
@@ -57,8 +61,8 @@ def object_key(obj: dict[str, Any]) -> Key:
 class ObjectStore:
     """Objects by (namespace, name), grouped by one label, never older than what was seen last.
 
-    The watch, the operator's own writes and kopf's events feed it; whichever carries the higher
-    resourceVersion wins, so an offer or observation that overtook its watch event is not undone by it.
+    The watch and the operator's own writes feed it; whichever carries the higher resourceVersion
+    wins, so an offer that overtook its watch event is not undone by it.
     """
 
     def __init__(self, group_label: str | None = None, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
@@ -68,6 +72,7 @@ class ObjectStore:
         self._groups: dict[Key, set[str]] = {}  # (namespace, group label value) -> names
         self._tombstones: OrderedDict[Key, int] = OrderedDict()
         self._offered: dict[Key, int] = {}  # the version each of the operator's own writes left
+        self._creating: dict[Key, int] = {}  # the operator's creates under way (how many of each)
         self._listed_at: int | None = None  # the resourceVersion of the last list
         self._lock = threading.Lock()
 
@@ -84,21 +89,6 @@ class ObjectStore:
     def offer(self, obj: dict[str, Any]) -> None:
         """An object as the operator's own write left it: kept if newer than what is known."""
         self._keep_if_newer(obj, written=True)
-
-    def observe(self, obj: dict[str, Any], deleted: bool = False) -> None:
-        """An object as another watch delivered it (kopf's, whose event starts a reconcile before
-        this informer's own event for the same change may have arrived): kept if newer than what
-        is known, or forgotten if `deleted` and what is known is no newer, so that reconcile cannot
-        read an older state here."""
-        if not deleted:
-            self._keep_if_newer(obj, written=False)
-            return
-        gone = version(obj)
-        key = object_key(obj)
-        with self._lock:
-            known = self._objects.get(key)
-            if gone is not None and (known is None or (version(known) or 0) <= gone):
-                self._forget(key, gone)  # its tombstone keeps a late offer from bringing it back
 
     def _keep_if_newer(self, obj: dict[str, Any], *, written: bool) -> None:
         seen = version(obj)
@@ -117,9 +107,28 @@ class ObjectStore:
                 return  # gone by the last list, which did not hold it
             self._store(key, obj)
 
-    def written_by_operator(self, namespace: str, name: str, resource_version: str | None) -> bool:
-        """True for the very version of the object one of the operator's own writes left."""
+    @contextmanager
+    def creating(self, namespace: str, name: str) -> Iterator[None]:
+        """While the operator creates this object: its ADDED event can come back before the
+        create's answer is offered, and is the operator's own all the same."""
+        key = (namespace, name)
         with self._lock:
+            self._creating[key] = self._creating.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._creating[key] <= 1:
+                    del self._creating[key]
+                else:
+                    self._creating[key] -= 1
+
+    def written_by_operator(self, namespace: str, name: str, resource_version: str | None) -> bool:
+        """True for the very version of the object one of the operator's own writes left, and
+        for any version of one the operator is creating at the moment."""
+        with self._lock:
+            if (namespace, name) in self._creating:
+                return True
             return str(self._offered.get((namespace, name), "")) == str(resource_version or "-")
 
     def apply_event(self, event_type: str, obj: dict[str, Any]) -> None:
@@ -194,6 +203,7 @@ class Informer(ObjectStore):
         self._synced = threading.Event()
         self._stop = threading.Event()
         self._response: Any = None  # the watch being read, so that `stop` can end it at once
+        self.listeners: list[Listener] = []
         self._thread = threading.Thread(target=self._run, name=f"kiln-informer-{kind}", daemon=True)
 
     @property
@@ -234,8 +244,11 @@ class Informer(ObjectStore):
         answer = self.kube.request("GET", path, params=selector or None)
         # A list's items carry no kind; watch events and the cache's readers expect one.
         since = str((answer.get("metadata") or {}).get("resourceVersion") or "")
-        self.replace([{**item, "kind": self.kind} for item in answer.get("items") or []], as_version(since))
+        items = [{**item, "kind": self.kind} for item in answer.get("items") or []]
+        self.replace(items, as_version(since))
         self._synced.set()
+        for item in items:  # what changed while no watch was following has no event of its own
+            self._tell("ADDED", item)
         while not self._stop.is_set():
             since = self._follow(path, since)
 
@@ -250,7 +263,15 @@ class Informer(ObjectStore):
             since = str((obj.get("metadata") or {}).get("resourceVersion") or since)
             if kind != "BOOKMARK":
                 self.apply_event(str(kind), obj)
+                self._tell(str(kind), obj)
         return since
+
+    def _tell(self, event_type: str, obj: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event_type, obj)
+            except Exception:  # a listener's bug must not end the watch every reconcile reads
+                log.exception("a listener of the %s watch failed", self.kind)
 
     def _events(self, path: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
         started = time.monotonic()

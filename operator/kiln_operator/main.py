@@ -22,13 +22,12 @@ from kiln_api import API_GROUP
 from kubernetes import client as k8s_client
 
 from .caches import CachingKube, OperatorCaches
-from .handlers import MANAGED_BY, Runtime, register
+from .handlers import Runtime, on_watch_event, register
 from .kube import load_configuration
 from .metrics import OperatorMetrics
 from .settings import OperatorSettings, SettingsError, parse_setting
 
 log = logging.getLogger("kiln.operator")
-HANDLER_THREADS = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +105,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     config = kopf.OperatorSettings()
     # kopf's bookkeeping goes to annotations: status belongs to Kiln alone.
     config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP, key="last-handled-configuration")
+    config.persistence.diffbase_storage = NoDiffBase()
     config.persistence.finalizer = f"{API_GROUP}/operator"
     # Namespaces are given exactly; no cluster-wide discovery (and no RBAC for it) is needed.
     config.scanning.disabled = True
@@ -117,15 +116,24 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     # Per-object workers exit after 1 s idle instead of 5 s: shutdown (and HA hand-over) waits for them.
     queueing = getattr(config, "queueing", None) or config.batching  # renamed in kopf 1.40
     queueing.idle_timeout = 1.0
-    # Handlers are synchronous and mostly wait on the API server: kopf's default pool
-    # (CPU count + 4 threads) would leave a burst of new jobs queued behind a handful of them.
-    config.execution.max_workers = HANDLER_THREADS
-    # Deleting a job waits for its timer to exit; a timer caught mid-reconcile is re-checked after
+    # Deleting a job waits for its loop to exit; a loop caught mid-reconcile is re-checked after
     # this many seconds (kopf's default, 60 s, would hold the job's finalizer that long).
     config.background.cancellation_polling = 1.0
-    # The pods' watch carries only Kiln's pods, not every pod of the cluster.
-    config.watching.label_selectors["", "v1", "pods"] = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
     return config
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: kopf builds one from every event it processes (a deep copy of the body) for
+    change handlers to compare, and the operator registers none (its informers wake the loops)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 def connection_info(configuration: k8s_client.Configuration) -> kopf.ConnectionInfo:
@@ -162,14 +170,16 @@ async def serve(settings: OperatorSettings, kubeconfig: str | None, *, peering: 
     kube = CachingKube(load_configuration(kubeconfig))
     kube.caches = OperatorCaches(kube, settings.namespaces).start()
     runtime = Runtime(settings=settings, kube=kube, metrics=metrics or OperatorMetrics())
+    kube.caches.listen(lambda event_type, obj: on_watch_event(runtime, event_type, obj))
     namespaces = list(settings.namespaces)
     config = kopf_settings(settings)
     try:
         await _run_kopf(runtime, config, kubeconfig, namespaces, (peering, priority), stop_flag, ready_flag, liveness)
     finally:
         kube.caches.stop()
-        # Each kopf settings object brings its own thread pool; release it with the operator.
+        # Each kopf settings object brings its own thread pool; release both with the operator.
         config.execution.executor.shutdown(wait=False, cancel_futures=True)
+        runtime.executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def _run_kopf(runtime: Runtime, config: kopf.OperatorSettings, kubeconfig: str | None, namespaces: list[str],
@@ -227,9 +237,9 @@ def run_operator(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if flags.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not flags.verbose:
-        # kopf logs every handled change of every job at INFO ("Handler ... succeeded"): at a
-        # thousand jobs that is most of the log and a tenth of the operator's CPU. Kiln logs
-        # what it does itself; --verbose brings kopf's lines back.
+        # kopf logs each job's loop starting and stopping (and each finalizer it adds) at INFO:
+        # at a thousand jobs that is most of the log. Kiln logs what it does itself; --verbose
+        # brings kopf's lines back.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         load_configuration(flags.kubeconfig)  # fail early, with a message, on bad credentials

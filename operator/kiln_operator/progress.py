@@ -67,9 +67,10 @@ def progress(ctx: Context, next_deadline: float | None) -> Plan:
     if plan.phase is Phase.starting:  # the trainer's first report comes over HTTP, not as an event
         plan.requeue(POLL_SECONDS if next_deadline is None else min(POLL_SECONDS, next_deadline))
     elif plan.phase is Phase.pending:
-        # Every change of a pending pod (scheduled, started, failed) is a pod event, which
-        # reconciles at once; polling meanwhile only cost kopf a retry annotation patch each
-        # time (most of the operator's requests while a thousand jobs waited for their pods).
+        # Every change of a pending pod (scheduled, started, failed) is a pod event, which wakes
+        # the job's loop at once; polling meanwhile would only add reconciles that find nothing
+        # new (it once cost kopf an annotation patch each: most of the operator's requests
+        # while a thousand jobs waited for their pods).
         if next_deadline is not None:
             plan.requeue(next_deadline)
     elif ctx.prev.get("trainerUnreachableSince") or plan.updates.get("trainerUnreachableSince"):

@@ -32,4 +32,4 @@ class Decision:
     events: list[tuple[str, str, str]]  # (Normal|Warning, reason, message)
     requeue_after: float | None  # call again after this many seconds (waiting, backoff)
     delete_job: bool = False  # ttlSecondsAfterFinished elapsed
-    permanent_error: str | None = None  # invalid spec etc.: the handler raises kopf.PermanentError
+    permanent_error: str | None = None  # invalid spec etc.: Failed, with a condition and an Event, until the spec changes

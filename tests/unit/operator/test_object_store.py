@@ -34,31 +34,26 @@ def versions(store: ObjectStore) -> dict[str, str | None]:
         ([("ADDED", "5"), ("DELETED", "8"), ("ADDED", "10")], {"p": "10"}),  # created again
         ([("offer", "abc")], {}),  # a version that is not an integer is not offered
         ([("ADDED", "abc"), ("MODIFIED", "xyz")], {"p": "xyz"}),  # the watch alone still works
-        ([("ADDED", "5"), ("observe", "7")], {"p": "7"}),  # kopf's event ahead of this watch's
-        ([("observe", "7"), ("MODIFIED", "7")], {"p": "7"}),
-        ([("MODIFIED", "9"), ("observe", "7")], {"p": "9"}),  # kopf's event behind this watch's
-        ([("ADDED", "5"), ("DELETED", "8"), ("observe", "6")], {}),  # no ghost from a late event
-        ([("ADDED", "5"), ("observe-deleted", "8")], {}),  # kopf saw the deletion first
-        ([("ADDED", "5"), ("observe-deleted", "8"), ("DELETED", "8")], {}),
-        ([("ADDED", "9"), ("observe-deleted", "8")], {"p": "9"}),  # created again since that deletion
     ],
 )
 def test_the_store_keeps_the_newest_version_it_has_seen(steps: list[tuple[str, str]], expected: dict[str, str]) -> None:
     store = ObjectStore("kiln.dev/job-name")
     for step, version in steps:
-        if step in ("offer", "observe"):
-            getattr(store, step)(obj("p", version))
-        elif step == "observe-deleted":
-            store.observe(obj("p", version), deleted=True)
+        if step == "offer":
+            store.offer(obj("p", version))
         else:
             store.apply_event(step, obj("p", version))
     assert versions(store) == expected
 
 
-def test_an_observed_version_is_not_taken_for_the_operators_own_write() -> None:
+def test_an_object_being_created_is_the_operators_own_until_the_create_returns() -> None:
     store = ObjectStore(JOB_LABEL)
-    store.observe(obj("p", "5"))
-    assert not store.written_by_operator("ns", "p", "5")
+    with store.creating("ns", "p"):
+        store.apply_event("ADDED", obj("p", "5"))  # the watch was faster than the create's answer
+        assert store.written_by_operator("ns", "p", "5")
+        store.offer(obj("p", "5"))
+    assert store.written_by_operator("ns", "p", "5")
+    assert not store.written_by_operator("ns", "p", "6")  # a later change is somebody else's
 
 
 def test_a_relabelled_object_moves_between_groups() -> None:
@@ -157,13 +152,8 @@ def test_a_list_keeps_newer_writes_and_no_late_event_brings_back_what_it_dropped
     store.offer(obj("new", "12"))  # written after the list's version: the list cannot hold it
     store.replace([obj("p", "5")], listed_at=10)
     assert versions(store) == {"p": "5", "new": "12"}
-    store.observe(obj("gone", "8"))  # deleted before the list at 10, which did not hold it
-    store.observe(obj("later", "11"))
+    store.offer(obj("gone", "8"))  # deleted before the list at 10, which did not hold it
+    store.offer(obj("later", "11"))
     assert versions(store) == {"p": "5", "new": "12", "later": "11"}
 
 
-def test_a_deletion_kopf_saw_first_keeps_a_late_offer_from_resurrecting_the_object() -> None:
-    store = ObjectStore(JOB_LABEL)
-    store.observe(obj("x", "20"), deleted=True)  # never cached here, but known to be gone at 20
-    store.offer(obj("x", "15"))
-    assert versions(store) == {}

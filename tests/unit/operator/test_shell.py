@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from kiln_operator.apply import event_object, merge_patch_diff
-from kiln_operator.handlers import JobGate, _owner_job
+from kiln_operator.handlers import _owner_job
 from kiln_operator.main import build_parser, connection_info, settings_from
 from kiln_operator.metrics import OperatorMetrics
 from kiln_operator.observe import head_status_url, owned_by
@@ -110,11 +110,3 @@ def test_kopf_login_uses_the_same_bearer_token() -> None:
     configuration = k8s_client.Configuration(host="https://k8s:6443", api_key={"authorization": "Bearer abc"})
     info = connection_info(configuration)
     assert (info.server, info.scheme, info.token) == ("https://k8s:6443", "Bearer", "abc")
-
-
-def test_job_gate_lets_one_reconcile_wait_for_a_burst_of_events() -> None:
-    gate = JobGate()
-    assert gate.claim_queue_slot()  # the first event queues a reconcile
-    assert not gate.claim_queue_slot()  # later ones ride on it
-    gate.release_queue_slot()  # it started: it reads the state from now on
-    assert gate.claim_queue_slot()
