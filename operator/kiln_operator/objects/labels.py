@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -96,12 +98,30 @@ def label_selector(labels: dict[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in labels.items())
 
 
+# Every pod builder and spec-change check of one reconcile asks for this (six or seven times for
+# a new job), and serialising the model is most of a reconcile's own CPU. A parsed job is never
+# changed, so the answer is kept for the last models asked about, by identity (the entry holds
+# the model, so its id cannot be reused while kept).
+_RECENT_SPEC_JSON: OrderedDict[int, tuple[TrainingJob, str]] = OrderedDict()
+_RECENT_LIMIT = 64  # more than the reconciles under way at once
+_recent_guard = threading.Lock()
+
+
 def immutable_spec_json(job: TrainingJob) -> str:
     """The spec fields the pods are built from (everything but the mutable ones), as canonical JSON."""
+    with _recent_guard:
+        kept = _RECENT_SPEC_JSON.get(id(job))
+    if kept is not None and kept[0] is job:
+        return kept[1]
     spec = job.spec.to_api()
     for field in MUTABLE_SPEC_FIELDS:
         spec.pop(field, None)
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    answer = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    with _recent_guard:
+        _RECENT_SPEC_JSON[id(job)] = (job, answer)
+        while len(_RECENT_SPEC_JSON) > _RECENT_LIMIT:
+            _RECENT_SPEC_JSON.popitem(last=False)
+    return answer
 
 
 def spec_hash(job: TrainingJob) -> str:

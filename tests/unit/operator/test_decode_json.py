@@ -1,10 +1,13 @@
 """The operator decodes the API server's JSON with orjson, and refuses what is not JSON with a
-ValueError, as the standard library does."""
+ValueError, as the standard library does; it encodes request bodies with orjson, and what orjson
+refuses with the standard library."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from kiln_operator.kube import decode_json
+from kiln_operator.kube import decode_json, encode_json
 
 
 @pytest.mark.parametrize(
@@ -24,3 +27,17 @@ def test_decode_json_reads_what_the_api_server_sends(data: bytes | str, expected
 def test_decode_json_raises_value_error_for_what_is_not_json(data: bytes) -> None:
     with pytest.raises(ValueError):
         decode_json(data)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"metadata": {"name": "a", "labels": {"k": "v"}}, "spec": {"replicas": 2, "ratio": 0.25, "on": True, "x": None}},
+        {"text": "été ✓"},
+        {"big": 2**70},  # beyond orjson's 64 bits: the standard library writes it
+        {1: "a"},  # a key that is not a string: the standard library turns it into one
+    ],
+    ids=["object", "unicode", "big-integer", "integer-key"],
+)
+def test_encode_json_writes_what_the_standard_library_would_read_back(body: dict) -> None:
+    assert json.loads(encode_json(body)) == json.loads(json.dumps(body))

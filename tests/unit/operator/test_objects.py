@@ -277,6 +277,13 @@ def test_spec_hash_ignores_only_the_mutable_fields():
     assert spec_hash(make_job(hyperparameters={"epochs": 11})) != base
 
 
+def test_spec_hash_of_every_new_model_is_its_own():
+    # Each model is dropped after its hash: their ids are reused once the kept answers move on.
+    hashes = [spec_hash(make_job(hyperparameters={"epochs": epochs})) for epochs in range(1, 301)]
+    assert len(set(hashes)) == 300
+    assert hashes[0] == spec_hash(make_job(hyperparameters={"epochs": 1}))
+
+
 @pytest.mark.parametrize(
     ("spec", "settings", "reason"),
     [
