@@ -61,30 +61,40 @@ class JobGate:
     guard: threading.Lock = field(default_factory=threading.Lock)
     # Pod name -> resourceVersion as the last completed reconcile observed it.
     seen: dict[str, str] = field(default_factory=dict)
-    generation: int | None = None  # the job's metadata.generation that reconcile read
+    generation: int | None = None  # the job's metadata.generation the last pass read
+    heard: int | None = None  # the highest generation any event has shown
 
     def is_news(self, pod_name: str, resource_version: str | None, event_type: str | None) -> bool:
         """False when a reconcile has already acted on exactly this version of the pod.
 
-        The operator's own creations come back as one ADDED event per pod; the first starts a
-        reconcile that lists every pod, and the others then carry nothing it has not seen.
-        Deletions always count: the pod is gone whatever version was seen.
+        A reconcile that lists a job's pods records every version it saw: an event for one of
+        them (a relist repeats them all) tells the job's loop nothing. Deletions always count:
+        the pod is gone whatever version was seen.
         """
         if event_type == "DELETED" or not resource_version:
             return True
         with self.guard:
             return self.seen.get(pod_name) != resource_version
 
-    def is_new_spec(self, generation: Any) -> bool:
-        """True when a pass has read the job and this generation is not the one it read. Status
-        writes (the operator's own, kopf's finalizer) leave the generation as it was; and before
-        any pass has read the job, the pass to come reads the cache this event is already in."""
-        with self.guard:
-            return self.generation is not None and generation != self.generation
+    def hear_generation(self, generation: Any) -> bool:
+        """An event showed the job at `generation`: True when a pass has read an older one.
 
-    def read_generation(self, generation: int | None) -> None:
+        Status writes (the operator's own, kopf's finalizer) leave the generation as it was.
+        Before any pass has read the job the loop's first pass is still to read it; should that
+        pass read an older generation than this, `read_generation` says so.
+        """
+        if not isinstance(generation, int):
+            return False
         with self.guard:
-            self.generation = generation
+            self.heard = max(self.heard or 0, generation)
+            return self.generation is not None and generation > self.generation
+
+    def read_generation(self, generation: Any) -> bool:
+        """A pass has read the job at `generation`: True when an event has already shown a newer
+        one (the pass read an older copy than the cache now holds), so another pass is due."""
+        with self.guard:
+            self.generation = generation if isinstance(generation, int) else None
+            return self.generation is not None and (self.heard or 0) > self.generation
 
     def remember(self, pods: dict[str, dict[str, Any]]) -> None:
         versions = {name: str(pod["metadata"].get("resourceVersion") or "") for name, pod in pods.items()}
@@ -150,6 +160,11 @@ class Runtime:
         with self._guard:
             return self._gates.setdefault(f"{namespace}/{name}", JobGate())
 
+    def gate_if_any(self, namespace: str, name: str) -> JobGate | None:
+        """The job's gate if one exists: a watch event must not bring back a forgotten job's."""
+        with self._guard:
+            return self._gates.get(f"{namespace}/{name}")
+
     def forget(self, namespace: str, name: str) -> None:
         with self._guard:
             self._gates.pop(f"{namespace}/{name}", None)
@@ -180,9 +195,10 @@ def _observe_decide_apply(runtime: Runtime, namespace: str, name: str) -> Decisi
     if job["metadata"].get("deletionTimestamp"):
         return None  # going away: recreating children now would only feed the garbage collector
     gate = runtime.gate_for(namespace, name)
-    # From here on, an event of this generation (this pass's own status write, kopf's finalizer)
-    # has nothing to tell; a newer one wakes the loop for another pass.
-    gate.read_generation(job["metadata"].get("generation"))
+    # From here on an event of this generation (this pass's own status write, kopf's finalizer)
+    # has nothing to tell, and a newer one wakes the loop; one heard already wakes it now.
+    if gate.read_generation(job["metadata"].get("generation")):
+        runtime.loops.wake(namespace, name)
     caches = runtime.caches
     observation = observe(runtime.kube, job, caches.children(namespace, name) if caches is not None else None)
     # The token is used only if the Secret is missing: it is immutable, and a create that finds
@@ -237,6 +253,7 @@ def next_pass_in(runtime: Runtime, namespace: str, name: str) -> float:
 async def run_job_loop(runtime: Runtime, namespace: str, name: str, stopped: Any) -> None:
     """Reconcile the job until kopf stops its loop (deletion, peering's pause, exit)."""
     loop = asyncio.get_running_loop()
+    runtime.gate_for(namespace, name)  # before the loop is known to run: its events need the gate
     woken = runtime.loops.start(namespace, name)
     try:
         while not stopped:
@@ -244,10 +261,10 @@ async def run_job_loop(runtime: Runtime, namespace: str, name: str, stopped: Any
             delay = await loop.run_in_executor(runtime.executor, next_pass_in, runtime, namespace, name)
             await _first_of(woken.wait(), stopped.wait(), timeout=delay)
     finally:
+        # Deleted, or handed to another replica: what this one knew of the job goes, and so do
+        # its metric series (the replica that leads now reports the job).
         runtime.loops.stop(namespace, name, woken)
-        reason = getattr(stopped, "reason", None)
-        if reason is not None and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
-            runtime.forget(namespace, name)
+        runtime.forget(namespace, name)
 
 
 async def _first_of(*waits: Any, timeout: float) -> None:
@@ -266,16 +283,19 @@ def on_watch_event(runtime: Runtime, event_type: str, obj: dict[str, Any]) -> No
     namespace = str(meta.get("namespace") or "")
     if obj.get("kind") == KIND:
         name = str(meta.get("name"))
-        if event_type != "DELETED" and runtime.loops.running(namespace, name) \
-                and runtime.gate_for(namespace, name).is_new_spec(meta.get("generation")):
+        if event_type == "DELETED" or not runtime.loops.running(namespace, name):
+            return  # kopf stops a deleted job's loop; a standby replica runs none
+        gate = runtime.gate_if_any(namespace, name)  # None: the loop is ending
+        if gate is not None and gate.hear_generation(meta.get("generation")):
             runtime.loops.wake(namespace, name)
         return
     job_name = _owner_job(obj)
     if job_name is None or not runtime.loops.running(namespace, job_name):
         return
     pod_name, version = str(meta.get("name")), meta.get("resourceVersion")
-    if not runtime.gate_for(namespace, job_name).is_news(pod_name, version, event_type):
-        return  # the last reconcile already saw this very version of the pod
+    gate = runtime.gate_if_any(namespace, job_name)
+    if gate is None or not gate.is_news(pod_name, version, event_type):
+        return  # the loop is ending, or its last pass already saw this very version of the pod
     if event_type == "ADDED" and runtime.caches is not None \
             and runtime.caches.written_by_operator("Pod", namespace, pod_name, version):
         return  # the operator's own create: the reconcile that made it knew

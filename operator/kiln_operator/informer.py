@@ -17,8 +17,9 @@ integers (what every etcd-backed API server sends); an object whose version is n
 is not offered, and neither a recent deletion's version nor the last list (which did not hold
 the object) lets a late offer resurrect it.
 
-Listeners hear every watch event, and every object of every list, once the cache holds it:
-the operator wakes the loops of the jobs they concern (client-go's event handlers).
+Listeners hear every watch event once the cache holds it, and after each list every object it
+holds (as ADDED) and every one it dropped (as DELETED): the operator wakes the loops of the jobs
+they concern (client-go's event handlers).
 """
 
 from __future__ import annotations
@@ -142,11 +143,13 @@ class ObjectStore:
             elif event_type in ("ADDED", "MODIFIED") and (seen is None or new is None or new >= seen):
                 self._store(key, obj)
 
-    def replace(self, items: list[dict[str, Any]], listed_at: int | None = None) -> None:
-        """What a list at resourceVersion `listed_at` holds; an object offered or observed at a
-        newer version than the list stays (the list could not have seen it)."""
+    def replace(self, items: list[dict[str, Any]], listed_at: int | None = None) -> list[dict[str, Any]]:
+        """What a list at resourceVersion `listed_at` holds; an object offered at a newer version
+        than the list stays (the list could not have seen it). Returns the objects it dropped:
+        deleted while no watch followed (client-go's DeletedFinalStateUnknown)."""
         with self._lock:
-            newer = {key: obj for key, obj in self._objects.items()
+            before = dict(self._objects)
+            newer = {key: obj for key, obj in before.items()
                      if listed_at is not None and (version(obj) or 0) > listed_at}
             self._objects.clear()
             self._groups.clear()
@@ -156,6 +159,7 @@ class ObjectStore:
             for key, obj in newer.items():
                 if (version(self._objects.get(key) or {}) or 0) < (version(obj) or 0):
                     self._store(key, obj)
+            return [obj for key, obj in before.items() if key not in self._objects]
 
     def _group_of(self, obj: dict[str, Any]) -> str | None:
         if self.group_label is None:
@@ -245,9 +249,12 @@ class Informer(ObjectStore):
         # A list's items carry no kind; watch events and the cache's readers expect one.
         since = str((answer.get("metadata") or {}).get("resourceVersion") or "")
         items = [{**item, "kind": self.kind} for item in answer.get("items") or []]
-        self.replace(items, as_version(since))
+        dropped = self.replace(items, as_version(since))
         self._synced.set()
-        for item in items:  # what changed while no watch was following has no event of its own
+        # What changed while no watch was following has no event of its own.
+        for obj in dropped:
+            self._tell("DELETED", obj)
+        for item in items:
             self._tell("ADDED", item)
         while not self._stop.is_set():
             since = self._follow(path, since)

@@ -10,8 +10,19 @@ from typing import Any
 import kopf
 import pytest
 from kiln_operator import handlers
-from kiln_operator.handlers import JobGate, JobLoops, Runtime, on_watch_event, run_job_loop
+from kiln_operator.handlers import (
+    API_RETRY_SECONDS,
+    MIN_REQUEUE_SECONDS,
+    JobGate,
+    JobLoops,
+    Runtime,
+    next_pass_in,
+    on_watch_event,
+    run_job_loop,
+)
+from kiln_operator.kube import ApiError
 from kiln_operator.metrics import OperatorMetrics
+from kiln_operator.reconciler import Decision
 from kiln_operator.settings import OperatorSettings
 
 OWNER = [{"apiVersion": "kiln.dev/v1alpha1", "kind": "TrainingJob", "name": "j"}]
@@ -67,7 +78,8 @@ def pod_event(version: str, owners: list[dict[str, str]] = OWNER) -> dict[str, A
     [
         (1, "MODIFIED", 2, True, True),  # a new spec
         (1, "MODIFIED", 1, True, False),  # a status write: the generation the last pass read
-        (None, "ADDED", 1, True, False),  # no pass has read the job yet: the first one reads this
+        (2, "MODIFIED", 1, True, False),  # an older event than the pass's read (a GET overtook it)
+        (None, "ADDED", 1, True, False),  # no pass has read the job yet: the first one will
         (1, "DELETED", 1, True, False),  # kopf stops the loop of a deleted job
         (1, "MODIFIED", 2, False, False),  # another replica leads: no loop here to wake
     ],
@@ -79,6 +91,21 @@ def test_job_events_wake_the_loop_only_for_a_spec_its_last_pass_did_not_read(
     runtime.gate_for("ns", "j").read_generation(read)
     on_watch_event(runtime, event_type, job_event(generation))
     assert loops.woken == int(wakes)
+
+
+def test_a_new_spec_heard_before_the_first_pass_read_an_older_one_calls_for_another_pass() -> None:
+    gate = JobGate()
+    assert not gate.hear_generation(2)  # no pass has read the job yet
+    assert gate.read_generation(1)  # the pass read an older copy (a GET): another pass is due
+    assert not gate.read_generation(2)
+
+
+def test_events_of_a_job_whose_loop_is_ending_bring_back_no_gate() -> None:
+    loops = RecordingLoops(running=True)
+    runtime = runtime_with(loops)  # the loop has forgotten the job's gate on its way out
+    on_watch_event(runtime, "MODIFIED", job_event(2))
+    on_watch_event(runtime, "MODIFIED", pod_event("6"))
+    assert loops.woken == 0 and runtime.gate_if_any("ns", "j") is None
 
 
 @pytest.mark.parametrize(
@@ -128,14 +155,11 @@ def test_wakes_during_a_pass_bring_one_more_pass_and_the_timer_the_next(monkeypa
         assert not runtime.loops.running("ns", "j") and not runtime.loops.wake("ns", "j")
 
     asyncio.run(scenario())
+    runtime.executor.shutdown()
 
 
-@pytest.mark.parametrize(
-    ("reason", "forgotten"),
-    [(kopf.DaemonStoppingReason.RESOURCE_DELETED, True), (kopf.DaemonStoppingReason.OPERATOR_PAUSING, False)],
-)
-def test_a_deleted_jobs_loop_forgets_it_and_a_paused_ones_does_not(
-        monkeypatch: pytest.MonkeyPatch, reason: kopf.DaemonStoppingReason, forgotten: bool) -> None:
+@pytest.mark.parametrize("reason", [kopf.DaemonStoppingReason.RESOURCE_DELETED, kopf.DaemonStoppingReason.OPERATOR_PAUSING])
+def test_a_loop_forgets_its_job_when_it_ends(monkeypatch: pytest.MonkeyPatch, reason: kopf.DaemonStoppingReason) -> None:
     runtime = runtime_with(JobLoops())
     monkeypatch.setattr(handlers, "next_pass_in", lambda *_: 30.0)
     gate = runtime.gate_for("ns", "j")
@@ -148,14 +172,36 @@ def test_a_deleted_jobs_loop_forgets_it_and_a_paused_ones_does_not(
         await asyncio.wait_for(loop_task, 10)
 
     asyncio.run(scenario())
-    assert (runtime.gate_for("ns", "j") is not gate) is forgotten
+    runtime.executor.shutdown()
+    assert runtime.gate_if_any("ns", "j") is None and gate is not None
 
 
-def test_a_gate_reads_a_new_spec_only_after_a_pass_has_read_one() -> None:
-    gate = JobGate()
-    assert not gate.is_new_spec(1)
-    gate.read_generation(1)
-    assert not gate.is_new_spec(1) and gate.is_new_spec(2)
+def decision(requeue_after: float | None, permanent_error: str | None = None) -> Decision:
+    return Decision(status={}, create=[], delete=[], events=[], requeue_after=requeue_after, permanent_error=permanent_error)
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc
+
+
+@pytest.mark.parametrize(
+    ("outcome", "seconds"),
+    [
+        (lambda: None, 30.0),  # the job is gone: kopf stops the loop soon
+        (lambda: decision(None), 30.0),  # nothing to wait for: the timer
+        (lambda: decision(5.0), 5.0),
+        (lambda: decision(0.0), MIN_REQUEUE_SECONDS),  # never a busy loop
+        (lambda: decision(300.0), 30.0),  # the timer comes first
+        (lambda: decision(1.0, permanent_error="bad spec"), 30.0),
+        (lambda: _raise(ApiError(500, "InternalError", "etcd")), API_RETRY_SECONDS),
+        (lambda: _raise(RuntimeError("a bug")), 30.0),  # logged; the loop goes on
+    ],
+    ids=["gone", "settled", "requeue", "requeue-now", "requeue-later", "bad-spec", "api-error", "bug"],
+)
+def test_the_next_pass_comes_when_the_decision_asks_or_the_timer_ticks(
+        monkeypatch: pytest.MonkeyPatch, outcome: Any, seconds: float) -> None:
+    monkeypatch.setattr(handlers, "reconcile", lambda *_: outcome())
+    assert next_pass_in(runtime_with(JobLoops(), timer_interval=30.0), "ns", "j") == seconds
 
 
 async def _until(condition: Any, deadline: float) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from kiln_operator.caches import CACHED_KINDS, OperatorCaches
-from kiln_operator.informer import ObjectStore
+from kiln_operator.informer import Informer, ObjectStore
 from kiln_operator.observe import children_from_cache
 
 JOB_LABEL = "kiln.dev/job-name"
@@ -56,6 +56,15 @@ def test_an_object_being_created_is_the_operators_own_until_the_create_returns()
     assert not store.written_by_operator("ns", "p", "6")  # a later change is somebody else's
 
 
+def test_two_creates_of_one_object_under_way_end_with_the_second() -> None:
+    store = ObjectStore(JOB_LABEL)
+    with store.creating("ns", "p"):
+        with store.creating("ns", "p"):
+            pass
+        assert store.written_by_operator("ns", "p", "7")  # the first is still under way
+    assert not store.written_by_operator("ns", "p", "7")
+
+
 def test_a_relabelled_object_moves_between_groups() -> None:
     store = ObjectStore(JOB_LABEL)
     store.apply_event("ADDED", obj("p", "1", job="a"))
@@ -64,11 +73,38 @@ def test_a_relabelled_object_moves_between_groups() -> None:
     assert [o["metadata"]["name"] for o in store.group("ns", "b")] == ["p"]
 
 
-def test_replace_drops_what_the_new_list_does_not_hold() -> None:
+def test_replace_drops_what_the_new_list_does_not_hold_and_says_what() -> None:
     store = ObjectStore(JOB_LABEL)
     store.apply_event("ADDED", obj("old", "1"))
-    store.replace([obj("new", "2")])
-    assert versions(store) == {"new": "2"}
+    store.apply_event("ADDED", obj("kept", "1"))
+    dropped = store.replace([obj("new", "2"), obj("kept", "3")])
+    assert versions(store) == {"new": "2", "kept": "3"}
+    assert [o["metadata"]["name"] for o in dropped] == ["old"]
+
+
+class ListOnce:
+    """A KubeClient that answers one list and then a watch that ends at once."""
+
+    def __init__(self, informer_box: list[Informer], items: list[dict[str, Any]]) -> None:
+        self.informer_box, self.items = informer_box, items
+
+    def request(self, method: str, path: str, params: Any = None) -> dict[str, Any]:
+        return {"metadata": {"resourceVersion": "10"}, "items": self.items}
+
+    def stream_lines(self, path: str, params: Any, read_timeout: float, opened: Any = None) -> Any:
+        self.informer_box[0].stop()
+        return iter(())
+
+
+def test_a_relist_tells_listeners_what_it_dropped_and_what_it_holds() -> None:
+    box: list[Informer] = []
+    informer = Informer(ListOnce(box, [obj("head", "9")]), "Pod", "ns", "", JOB_LABEL)  # type: ignore[arg-type]
+    box.append(informer)
+    informer.apply_event("ADDED", obj("worker", "4"))  # deleted while no watch followed
+    heard: list[tuple[str, str]] = []
+    informer.listeners.append(lambda event_type, o: heard.append((event_type, o["metadata"]["name"])))
+    informer._list_and_watch()
+    assert heard == [("DELETED", "worker"), ("ADDED", "head")]
 
 
 def test_only_the_version_the_operator_wrote_counts_as_its_own() -> None:
