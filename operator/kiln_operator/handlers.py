@@ -39,13 +39,11 @@ from .apply import ObjectRejected, apply_decision
 from .caches import CachingKube, OperatorCaches
 from .kube import ApiError, KubeClient
 from .metrics import OperatorMetrics
-from .objects.labels import MANAGED_BY_LABEL, MANAGER
 from .observe import observe
 from .reconciler import Decision, decide
 from .settings import OperatorSettings
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)  # what kopf watches: (group, version, plural)
-MANAGED_BY = {MANAGED_BY_LABEL: MANAGER}
 API_RETRY_SECONDS = 2.0
 MIN_REQUEUE_SECONDS = 0.1
 # Reconciles mostly wait on the API server: a burst of new jobs must not queue behind a handful.

@@ -89,16 +89,12 @@ class ObjectStore:
 
     def offer(self, obj: dict[str, Any]) -> None:
         """An object as the operator's own write left it: kept if newer than what is known."""
-        self._keep_if_newer(obj, written=True)
-
-    def _keep_if_newer(self, obj: dict[str, Any], *, written: bool) -> None:
         seen = version(obj)
         if seen is None:
             return
         key = object_key(obj)
         with self._lock:
-            if written:
-                self._offered[key] = seen
+            self._offered[key] = seen
             known = self._objects.get(key)
             if known is not None and (version(known) or 0) >= seen:
                 return
