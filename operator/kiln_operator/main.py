@@ -237,9 +237,9 @@ def run_operator(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if flags.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not flags.verbose:
-        # kopf logs each job's loop starting and stopping (and each finalizer it adds) at INFO:
-        # at a thousand jobs that is most of the log. Kiln logs what it does itself; --verbose
-        # brings kopf's lines back.
+        # kopf logs the end of every job's loop at INFO ("Daemon 'job_loop' succeeded"), and
+        # its start, finalizer and stop at DEBUG: at a thousand jobs, noise. Kiln logs what it
+        # does itself; --verbose brings kopf's lines back.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         load_configuration(flags.kubeconfig)  # fail early, with a message, on bad credentials
