@@ -1,5 +1,6 @@
 """An error answer becomes one clean ApiError, whether its body is a Status object or not,
-on the request path and the streamed (watch) path alike."""
+on the request path and the streamed (watch) path alike; an API server behind a proxy's path
+is asked under that path."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ ANSWERS: dict[str, tuple[int, str, bytes]] = {
     "/status": (403, "application/json", json.dumps(STATUS).encode()),
     "/list": (500, "application/json", b"[1, 2]"),
     "/odd": (599, "text/plain", b"not json"),
+    "/k8s/clusters/c-1/api/v1/namespaces/ns/pods/p": (200, "application/json", b'{"kind": "Pod"}'),
 }
 
 
@@ -40,17 +42,32 @@ class Answer(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[KubeClient]:
+def server_url() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    configuration = k8s_client.Configuration()
-    configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        yield KubeClient(configuration, timeout_seconds=5)
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def client_of(host: str) -> KubeClient:
+    configuration = k8s_client.Configuration()
+    configuration.host = host
+    return KubeClient(configuration, timeout_seconds=5)
+
+
+@pytest.fixture(scope="module")
+def client(server_url: str) -> KubeClient:
+    return client_of(server_url)
+
+
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_a_server_behind_a_proxy_path_is_asked_under_that_path(server_url: str, suffix: str) -> None:
+    proxied = client_of(f"{server_url}/k8s/clusters/c-1{suffix}")
+    assert proxied.get("Pod", "ns", "p") == {"kind": "Pod"}
 
 
 def requested(client: KubeClient, path: str) -> ApiError:
