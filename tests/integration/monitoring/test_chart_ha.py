@@ -3,6 +3,12 @@ exactly one must reconcile, and the other must take over when it dies.
 
 kopf pauses *every* peer that shares its priority, so `kiln operator --peering` gives each replica
 a random priority: one replica works, the other stands by and takes over when it dies.
+
+kopf's peering is not a lock: a replica that starts with the higher priority resumes as soon as
+it reads the peering object, and the one working until then pauses only when it reads the new
+peer's entry, a few milliseconds later. A job created in between is reconciled by both. The test
+creates its job once the replicas have settled, which is what it checks; a rolling update can
+see that window too (two replicas' reconciles are idempotent: the same children by name).
 """
 
 from __future__ import annotations
@@ -24,7 +30,27 @@ from tests.support.ports import free_port  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
 KILN = str(Path(sys.executable).with_name("kiln"))
+CLUSTER_PEERINGS = "kopf.dev/v1/clusterkopfpeerings"
+PEER_IDS = ("kiln-0", "kiln-1")
+PEERING_LOGGER = "kopf._core.engines.peering"
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def _working(process: Process) -> bool:
+    """kopf's last word on this replica's peering: resumed (working) rather than paused. A replica
+    starts paused and says nothing while it stays so."""
+    said = [line for line in process.log.read_text(errors="replace").splitlines() if PEERING_LOGGER in line]
+    return bool(said) and "Resuming operations" in said[-1]
+
+
+def _settled(api: EmulatedApiServer, peering: str, started: list[tuple[Process, int]]) -> bool:
+    """Every replica is in the peering object, the one of highest priority works and the other
+    does not (a lower replica never resumes, so this cannot change until one of them goes)."""
+    peers = (api.get(CLUSTER_PEERINGS, None, peering) or {}).get("status") or {}
+    if not set(PEER_IDS) <= set(peers):
+        return False
+    top = max(PEER_IDS, key=lambda peer: int(peers[peer].get("priority") or 0))
+    return all(_working(process) == (peer == top) for (process, _), peer in zip(started, PEER_IDS, strict=True))
 
 
 def _reconciles(port: int) -> float:
@@ -49,11 +75,14 @@ def replicas(tmp_path: Path) -> Iterator[tuple[EmulatedApiServer, list[tuple[Pro
         try:
             for index in range(2):
                 metrics, health = free_port(), free_port()
-                env = {**os.environ, "POD_ID": f"kiln-{index}", "KILN_DEFAULT_CHECKPOINT_STORAGE": "pvc://c/kiln",
+                env = {**os.environ, "POD_ID": PEER_IDS[index], "KILN_DEFAULT_CHECKPOINT_STORAGE": "pvc://c/kiln",
                        "KILN_METRICS_PORT": str(metrics), "KILN_HEALTH_PORT": str(health), "KILN_TIMER_INTERVAL_SECONDS": "1"}
                 argv = [KILN, "operator", *container["args"], "--kubeconfig", api.kubeconfig_path]
                 started.append((Process(argv, tmp_path / f"operator-{index}.log", env), metrics))
                 wait_for(lambda h=health: http_ok(f"http://127.0.0.1:{h}/healthz"), 60, f"replica {index} healthy")
+            name = peering["metadata"]["name"]
+            wait_for(lambda: _settled(api, name, started), 60, "the replica of highest priority alone to work",
+                     on_timeout=lambda: "\n".join(process.tail(10) for process, _ in started))
             yield api, started
         finally:
             for process, _ in started:
