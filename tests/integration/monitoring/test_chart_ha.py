@@ -8,7 +8,7 @@ kopf's peering is not a lock: a replica that starts with the higher priority res
 it reads the peering object, and the one working until then pauses only when it reads the new
 peer's entry, a few milliseconds later. A job created in between is reconciled by both. The test
 creates its job once the replicas have settled, which is what it checks; a rolling update can
-see that window too (two replicas' reconciles are idempotent: the same children by name).
+see that window too (both create the same children by name; the second create of each is refused).
 """
 
 from __future__ import annotations
