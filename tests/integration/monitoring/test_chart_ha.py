@@ -70,7 +70,7 @@ def replicas(tmp_path: Path) -> Iterator[tuple[EmulatedApiServer, list[tuple[Pro
         from kiln_operator.kube import KubeClient, load_configuration
 
         KubeClient(load_configuration(api.kubeconfig_path)).request(
-            "POST", "/apis/kopf.dev/v1/clusterkopfpeerings", body={**peering, "metadata": {"name": peering["metadata"]["name"]}})
+            "POST", f"/apis/{CLUSTER_PEERINGS}", body={**peering, "metadata": {"name": peering["metadata"]["name"]}})
         started: list[tuple[Process, int]] = []
         try:
             for index in range(2):
